@@ -1,0 +1,75 @@
+"""Small registered Keras layers the architectures share.
+
+They replace Lambda layers so that every model saves and reloads with
+``safe_mode`` on.
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+PACKAGE = "facetk"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class L2Normalize(keras.layers.Layer):
+    """Scale each embedding to unit L2 norm (always the model's last operation)."""
+
+    def __init__(self, epsilon: float = 1e-10, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, x):
+        norm = ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), self.epsilon**2))
+        return x / norm
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class L2Pooling2D(keras.layers.Layer):
+    """L2 pooling: sqrt of the sum of squares in each window (FaceNet, OpenFace)."""
+
+    def __init__(self, pool_size: int = 3, strides: int = 1, padding: str = "valid", **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = pool_size
+        self.strides = strides
+        self.padding = padding
+        self._avg = keras.layers.AveragePooling2D(pool_size, strides, padding=padding)
+
+    def call(self, x):
+        window_sum = self._avg(ops.square(x)) * float(self.pool_size * self.pool_size)
+        # The floor keeps the gradient finite where a whole window is zero (after a ReLU).
+        return ops.sqrt(ops.maximum(window_sum, 1e-12))
+
+    def compute_output_shape(self, input_shape):
+        return self._avg.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides,
+                "padding": self.padding}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LocalResponseNorm(keras.layers.Layer):
+    """Cross-channel local response normalisation, Torch's SpatialCrossMapLRN convention.
+
+    y = x / (k + alpha / size * sum_{size neighbouring channels} x^2) ** beta
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def call(self, x):
+        import tensorflow as tf
+
+        return tf.nn.local_response_normalization(
+            x, depth_radius=self.size // 2, bias=self.k, alpha=self.alpha / self.size, beta=self.beta)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "alpha": self.alpha, "beta": self.beta, "k": self.k}

@@ -1,0 +1,43 @@
+"""Where the project finds its data, caches and weights.
+
+Every location can be overridden by an environment variable, so tests, CI and
+users with their own copies of the datasets share one set of defaults.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = REPO_ROOT / "weights"
+PEOPLE_DIR = REPO_ROOT / "people"
+BENCHMARK_FACES_DIR = REPO_ROOT / "benchmark_faces"
+BENCHMARK_RESULTS_DIR = REPO_ROOT / "benchmark_results"
+
+
+def data_dir() -> Path:
+    """Root of the shared datasets: $FACE_DATA_DIR, else ../shared/data beside the repo."""
+    env = os.environ.get("FACE_DATA_DIR")
+    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def lfw_dir() -> Path:
+    """LFW images as the official archive unpacks: <root>/<Name>/<Name>_NNNN.jpg."""
+    return data_dir() / "lfw"
+
+
+def lfw_protocol_dir() -> Path:
+    """The official LFW protocol text files (pairs.txt, peopleDevTrain.txt, ...)."""
+    return data_dir() / "lfw-protocol"
+
+
+def cache_dir() -> Path:
+    """Aligned-face caches and other derived data: $FACE_CACHE_DIR, else <repo>/cache."""
+    env = os.environ.get("FACE_CACHE_DIR")
+    return Path(env).expanduser() if env else REPO_ROOT / "cache"
+
+
+def model_cache_dir() -> Path:
+    """Downloaded model files kept across clones: $FACE_MODEL_CACHE, else ~/.cache/facetk."""
+    env = os.environ.get("FACE_MODEL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "facetk"
