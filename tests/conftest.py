@@ -1,0 +1,23 @@
+"""Shared test fixtures: the datasets in ../shared/data (or $FACE_DATA_DIR)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from utils.paths import data_dir, lfw_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = data_dir()
+    assert root.is_dir(), f"the shared datasets are missing: {root} (set FACE_DATA_DIR)"
+    return root
+
+
+@pytest.fixture(scope="session")
+def lfw_root(shared_data) -> Path:
+    return lfw_dir()

@@ -1,0 +1,252 @@
+"""Aligned-face cache: a whole dataset aligned once, stored as one uint8 array.
+
+Layout of a cache folder::
+
+    faces.npy      (N, S, S, 3) uint8 aligned RGB faces
+    arrays.npz     detected (N,) bool, boxes (N, 4), landmarks (N, 68, 2)
+    index.json     settings, and per image its relative path, size and mtime
+
+Images where dlib finds no face are kept as a centre crop with detected=False
+(evaluation must not drop them; training skips them). Unreadable files are
+listed and left out. A re-run aligns only new or changed images.
+
+Command line: ``python -m utils.aligned_cache DATASET_DIR [--out DIR]``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.align import FaceAligner, centre_crop
+from utils.image_io import ImageReadError, read_image
+from utils.paths import cache_dir
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+DEFAULT_UPSAMPLE = (0, 1)  # upsample 0 finds LFW-sized faces 4x faster; 1 catches the rest
+FORMAT_VERSION = 1
+
+
+@dataclass
+class AlignedFaces:
+    """Aligned faces of one dataset, row i describing image paths[i]."""
+
+    root: Path
+    faces: np.ndarray
+    paths: list[str]
+    detected: np.ndarray
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    unreadable: list[str] = field(default_factory=list)
+
+    @property
+    def identities(self) -> list[str]:
+        """The identity of each image: its folder name."""
+        return [p.split("/", 1)[0] for p in self.paths]
+
+    def index_of(self, relpath: str) -> int:
+        """Row of an image given as 'Name/Name_0001.jpg'; KeyError naming it if absent."""
+        if not hasattr(self, "_rows"):
+            self._rows = {p: i for i, p in enumerate(self.paths)}
+        try:
+            return self._rows[relpath]
+        except KeyError:
+            raise KeyError(f"{relpath} is not in the aligned cache of {self.root}") from None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def list_images(root: Path) -> list[str]:
+    """Relative paths of every image in a folder-per-identity tree, sorted."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def default_cache_path(root: Path, output_size: int, landmarks: str) -> Path:
+    """cache/aligned/<dataset name>-<hash of its path>-<landmarks>-<size>."""
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
+    return cache_dir() / "aligned" / f"{root.name}-{digest}-{landmarks}-{output_size}"
+
+
+# --- worker side -------------------------------------------------------------------------
+
+_worker_aligner: FaceAligner | None = None
+
+
+def _init_worker(settings: dict) -> None:
+    global _worker_aligner
+    _worker_aligner = FaceAligner(**settings)
+
+
+def _align_one(path: str) -> tuple[str, np.ndarray | None, bool, np.ndarray, np.ndarray, str | None]:
+    """Align one file: (path, face, detected, box, landmarks, error message)."""
+    aligner = _worker_aligner
+    box = np.full(4, np.nan, np.float32)
+    points = np.full((68, 2), np.nan, np.float32)
+    try:
+        rgb = read_image(path)
+    except ImageReadError as err:
+        return path, None, False, box, points, str(err)
+    boxes = aligner.detect(rgb)
+    if not boxes:
+        return path, centre_crop(rgb, aligner.output_size), False, box, points, None
+    first = boxes[0]
+    points = aligner.landmarks_of(rgb, first)
+    face = aligner.align_points(rgb, points)
+    box = np.array([first.left(), first.top(), first.right(), first.bottom()], np.float32)
+    return path, face, True, box, points.astype(np.float32), None
+
+
+def _align_many(files: Sequence[str], settings: dict, workers: int, desc: str) -> Iterator[tuple]:
+    """Align files in a process pool (or in this process for one worker), in order."""
+    if workers <= 1:
+        _init_worker(settings)
+        yield from tqdm(map(_align_one, files), total=len(files), desc=desc, unit="img")
+        return
+    context = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
+        yield from tqdm(pool.imap(_align_one, files, chunksize=16), total=len(files), desc=desc, unit="img")
+
+
+# --- cache files ---------------------------------------------------------------------------
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _load(folder: Path, root: Path) -> tuple[dict, AlignedFaces] | None:
+    try:
+        index = json.loads((folder / "index.json").read_text())
+        arrays = np.load(folder / "arrays.npz")
+        faces = np.load(folder / "faces.npy")
+    except (OSError, ValueError, KeyError):
+        return None
+    if index.get("version") != FORMAT_VERSION or len(faces) != len(index["paths"]):
+        return None
+    return index, AlignedFaces(root, faces, index["paths"], arrays["detected"], arrays["boxes"],
+                               arrays["landmarks"], index.get("unreadable", []))
+
+
+def _save(folder: Path, index: dict, data: AlignedFaces) -> None:
+    """Write all three files into a temp folder, then swap it in (a kill leaves the old cache)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+    tmp.chmod(0o755)
+    np.save(tmp / "faces.npy", data.faces)
+    np.savez(tmp / "arrays.npz", detected=data.detected, boxes=data.boxes, landmarks=data.landmarks)
+    (tmp / "index.json").write_text(json.dumps(index))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+
+
+def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str = "outer_eyes_and_nose",
+                  out: str | Path | None = None, workers: int | None = None,
+                  upsample: int | Sequence[int] = DEFAULT_UPSAMPLE, detector: str = "hog",
+                  progress: bool = True) -> AlignedFaces:
+    """Aligned faces of every image under dataset_dir, aligning only what is new or changed."""
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    folder = Path(out) if out else default_cache_path(root, output_size, landmarks)
+    settings = {"output_size": output_size, "landmarks": landmarks,
+                "upsample": list(DEFAULT_UPSAMPLE if upsample is None else
+                                 ([upsample] if isinstance(upsample, int) else upsample)),
+                "detector": detector}
+    files = list_images(root)
+    if not files:
+        raise FileNotFoundError(f"no images (.jpg, .png, .bmp, .webp) under {root}")
+    stats = {f: _stat_key(root / f) for f in files}
+
+    previous = _load(folder, root)
+    kept: dict[str, int] = {}
+    if previous and previous[0]["settings"] == settings:
+        old_index, old = previous
+        kept = {p: i for i, p in enumerate(old.paths) if stats.get(p) == old_index["stats"][i]}
+        unchanged_unreadable = [p for p in old_index.get("unreadable_stats", {})
+                                if stats.get(p) == old_index["unreadable_stats"][p]]
+    else:
+        old, unchanged_unreadable = None, []
+    todo = [f for f in files if f not in kept and f not in unchanged_unreadable]
+    if not todo and old is not None and len(kept) == len(old.paths):
+        return old
+
+    new_rows: dict[str, tuple] = {}
+    unreadable = list(unchanged_unreadable)
+    if todo:
+        workers = workers or os.cpu_count() or 1
+        for path, face, detected, box, points, error in _align_many(
+                [str(root / f) for f in todo], settings, min(workers, len(todo)),
+                desc=f"aligning {root.name}" if progress else None):
+            rel = Path(path).relative_to(root).as_posix()
+            if error:
+                unreadable.append(rel)
+                print(f"skipped unreadable image: {error}", file=sys.stderr)
+            else:
+                new_rows[rel] = (face, detected, box, points)
+
+    order = [f for f in files if f in kept or f in new_rows]
+    if not order:
+        raise ValueError(f"none of the images under {root} could be read")
+    rows = [(old.faces[kept[f]], old.detected[kept[f]], old.boxes[kept[f]], old.landmarks[kept[f]])
+            if f in kept else new_rows[f] for f in order]
+    faces, detected, boxes, points = (np.stack(column) for column in zip(*rows))
+    data = AlignedFaces(root, faces, order, detected.astype(bool), boxes, points, sorted(unreadable))
+    index = {"version": FORMAT_VERSION, "settings": settings, "paths": order,
+             "stats": [stats[f] for f in order], "unreadable": data.unreadable,
+             "unreadable_stats": {f: stats[f] for f in data.unreadable}}
+    _save(folder, index, data)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m utils.aligned_cache",
+        description="Align every face of a folder-per-identity dataset once, with all cores, into a cache "
+                    "that training and evaluation read. A re-run aligns only new or changed images.")
+    parser.add_argument("dataset", type=Path, help="dataset root: <root>/<identity>/<image>")
+    parser.add_argument("--out", type=Path, help="cache folder (default: cache/aligned/<dataset>-...)")
+    parser.add_argument("--size", type=int, default=96, help="output size in pixels (default 96)")
+    parser.add_argument("--landmarks", default="outer_eyes_and_nose",
+                        choices=["outer_eyes_and_nose", "inner_eyes_and_bottom_lip"])
+    parser.add_argument("--upsample", type=int, nargs="+", default=list(DEFAULT_UPSAMPLE),
+                        help="dlib HOG upsample counts tried in order until a face is found (default 0 1)")
+    parser.add_argument("--detector", choices=["hog", "cnn"], default="hog")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
+    args = parser.parse_args(argv)
+    try:
+        data = load_or_build(args.dataset, args.size, args.landmarks, args.out, args.workers,
+                             args.upsample, args.detector)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    folder = args.out or default_cache_path(args.dataset, args.size, args.landmarks)
+    no_face = [p for p, d in zip(data.paths, data.detected) if not d]
+    print(f"{len(data)} images in {folder}; no face detected in {len(no_face)} (kept as centre crops); "
+          f"{len(data.unreadable)} unreadable")
+    for p in no_face:
+        print(f"  no face: {p}")
+    for p in data.unreadable:
+        print(f"  unreadable: {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

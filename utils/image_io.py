@@ -1,0 +1,77 @@
+"""Reading images into 8-bit RGB arrays, with typed errors for bad files."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+Image.MAX_IMAGE_PIXELS = 200_000_000  # large photos are fine; decompression bombs are not
+
+
+class ImageReadError(ValueError):
+    """An image could not be read; ``path`` names the file."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+
+
+class EmptyImageError(ImageReadError):
+    """The file has no bytes."""
+
+
+class TruncatedImageError(ImageReadError):
+    """The file starts like an image but its data ends early or is damaged."""
+
+
+class NotAnImageError(ImageReadError):
+    """The file is not in any image format we can decode."""
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    """Convert any Pillow mode (grey, 16-bit, RGBA, CMYK, palette) to uint8 RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if wide.max(initial=0) > 255 else 255.0
+        grey = np.clip(wide / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        grey = np.clip(np.asarray(image) * (255.0 if np.asarray(image).max(initial=0) <= 1 else 1.0), 0, 255)
+        return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Flatten transparency onto white, as an image viewer would show it.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _decode(stream: io.BytesIO | Path, name: str | Path) -> np.ndarray:
+    try:
+        with Image.open(stream) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb8(image)
+    except UnidentifiedImageError:
+        raise NotAnImageError(name, "not a readable image (JPEG, PNG, BMP, WebP, TIFF, GIF)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise TruncatedImageError(name, f"damaged or truncated image data ({err})") from None
+
+
+def decode_image(data: bytes, name: str | Path = "<bytes>") -> np.ndarray:
+    """Decode image bytes to an (H, W, 3) uint8 RGB array."""
+    if not data:
+        raise EmptyImageError(name, "empty image data")
+    return _decode(io.BytesIO(data), name)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array, EXIF orientation applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file" if not path.exists() else "not a file")
+    if path.stat().st_size == 0:
+        raise EmptyImageError(path, "the file is empty")
+    return _decode(path, path)
