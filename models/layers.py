@@ -29,21 +29,39 @@ class L2Normalize(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class L2Pooling2D(keras.layers.Layer):
-    """L2 pooling: sqrt of the sum of squares in each window (FaceNet, OpenFace)."""
+    """L2 pooling: sqrt of the sum of squares in each window (FaceNet, OpenFace).
+
+    With "same" padding the border windows sum over zero padding, as a true
+    L2 pool does (Keras' average pooling would leave the padding out of the count).
+    """
 
     def __init__(self, pool_size: int = 3, strides: int = 1, padding: str = "valid", **kwargs):
         super().__init__(**kwargs)
+        if padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
         self.pool_size = pool_size
         self.strides = strides
         self.padding = padding
-        self._avg = keras.layers.AveragePooling2D(pool_size, strides, padding=padding)
+        self._avg = keras.layers.AveragePooling2D(pool_size, strides, padding="valid")
+
+    def _same_padding(self, size: int) -> tuple[int, int]:
+        out = -(-size // self.strides)
+        total = max((out - 1) * self.strides + self.pool_size - size, 0)
+        return total // 2, total - total // 2
 
     def call(self, x):
-        window_sum = self._avg(ops.square(x)) * float(self.pool_size * self.pool_size)
+        squares = ops.square(x)
+        if self.padding == "same":
+            rows, cols = self._same_padding(x.shape[1]), self._same_padding(x.shape[2])
+            squares = ops.pad(squares, [(0, 0), rows, cols, (0, 0)])
+        window_sum = self._avg(squares) * float(self.pool_size * self.pool_size)
         # The floor keeps the gradient finite where a whole window is zero (after a ReLU).
         return ops.sqrt(ops.maximum(window_sum, 1e-12))
 
     def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        if self.padding == "same":
+            return batch, -(-height // self.strides), -(-width // self.strides), channels
         return self._avg.compute_output_shape(input_shape)
 
     def get_config(self):
