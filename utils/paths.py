@@ -16,9 +16,13 @@ BENCHMARK_RESULTS_DIR = REPO_ROOT / "benchmark_results"
 
 
 def data_dir() -> Path:
-    """Root of the shared datasets: $FACE_DATA_DIR, else ../shared/data beside the repo."""
+    """Root of the datasets: $FACE_DATA_DIR, else ../shared/data beside the repo when it
+    exists, else <repo>/data (where the downloaders put what a user fetches)."""
     env = os.environ.get("FACE_DATA_DIR")
-    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
+    if env:
+        return Path(env).expanduser()
+    shared = REPO_ROOT.parent / "shared" / "data"
+    return shared if shared.is_dir() else REPO_ROOT / "data"
 
 
 def lfw_dir() -> Path:
