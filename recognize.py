@@ -1,0 +1,259 @@
+"""Who is in front of the camera: recognise the people of people/ in a camera, video, stream or images.
+
+Examples:
+  python recognize.py                                   # camera 0, window if OpenCV has a GUI
+  python recognize.py --source clip.mp4 --output out.mp4 --show-distance
+  python recognize.py --source rtsp://user:pass@host/stream --json > faces.jsonl
+  python recognize.py --source photos/ --output annotated/
+  python recognize.py --enrol Ada_Lovelace --source 0 --count 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from utils.paths import PEOPLE_DIR
+from utils.video_sources import (Frame, FrameSink, FrameSource, OutputError, SourceError, open_source,
+                                 quiet_opencv, window_unavailable)
+
+DEFAULT_MODEL = "openface_nn4_small2"
+DEFAULT_DETECT_EVERY = 3  # 42 frames/s instead of 13 with one face on a busy 2-core CPU (benchmarks/recognize_fps.py)
+EXIT_SOURCE_STOPPED, EXIT_SETUP, EXIT_INTERRUPTED = 1, 2, 130
+WINDOW_TITLE = "recognize.py (q or Esc to quit)"
+
+EPILOG = f"""
+The gallery: people/<Name>.jpg (one picture) or people/<Name>/*.jpg (several); see people/README.md.
+Embeddings are cached in people/.embeddings-<model>.npz; adding a picture embeds only that picture.
+
+Distances are squared L2 between L2-normalised embeddings (0 to 4). A face's distance to a person
+is its distance to the mean of that person's picture embeddings (rescaled to unit length; see
+utils/matching.py for why the mean and not the closest picture); the face is named after the
+nearest person when that distance is at most the threshold, else "unknown".
+The default threshold is the one chosen by the model's LFW View 2 evaluation (stored in
+weights/<model>.json by evaluate.py); a model without one needs --threshold.
+
+--json prints one line per frame on stdout:
+  {{"frame": 0, "image": null, "faces": [{{"box": [left, top, right, bottom], "name": "Ada" or "unknown",
+    "known": true, "distance": 0.41, "nearest": "Ada", "tracked": false}}]}}
+("image" is the file name for image sources; "tracked" marks boxes followed between detections;
+"nearest" is the closest person even when the face is unknown.) Messages go to stderr.
+
+Exit status: 0 done; {EXIT_SOURCE_STOPPED} the source stopped delivering frames; {EXIT_SETUP} a setup problem
+(source cannot be opened, missing weights, no threshold, empty gallery); {EXIT_INTERRUPTED} interrupted.
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default="0",
+                        help="camera index (default 0), video file, rtsp:// or http(s):// URL, image file, "
+                             "or folder of images")
+    parser.add_argument("--people", type=Path, default=PEOPLE_DIR, help=f"gallery folder (default {PEOPLE_DIR})")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"registry model name (models/__init__.py; default {DEFAULT_MODEL}: pretrained "
+                             f"OpenFace nn4.small2.v1)")
+    parser.add_argument("--weights", type=Path, help="weights file (default weights/<model>.weights.h5)")
+    parser.add_argument("--threshold", type=float,
+                        help="squared L2 distance above which a face is unknown (default: from the model's "
+                             "LFW evaluation)")
+    parser.add_argument("--show-distance", action="store_true", help="print the distance on each label")
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--detect-every", type=int, default=DEFAULT_DETECT_EVERY, metavar="N",
+                       help="run the face detector every N frames; in between, follow each face near its last "
+                            "box and keep its name (default %(default)s; 1 detects and names every frame; "
+                            "image files are always detected one by one)")
+    speed.add_argument("--detect-scale", type=float, default=1.0, metavar="F",
+                       help="detect on the frame resized by F; alignment always uses the full frame "
+                            "(default 1.0; 0.5 is about 3x faster but finds faces from ~120 px instead of ~80 px)")
+    speed.add_argument("--upsample", type=int, nargs="+", default=[0], metavar="N",
+                       help="dlib HOG upsample count(s), tried in order until a face is found; 0 finds faces "
+                            "from ~80 px, 1 from ~40 px at 4x the cost (default 0)")
+    speed.add_argument("--detector", choices=["hog", "cnn"], default="hog",
+                       help="dlib detector (cnn is far slower on a CPU; default hog)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", type=Path, help="write annotated frames to a video (.mp4, .avi, ...) or a folder")
+    out.add_argument("--json", action="store_true", help="print one JSON line per frame on stdout")
+    out.add_argument("--no-window", action="store_true", help="do not open a window")
+    out.add_argument("--reconnect", type=int, default=5, metavar="N",
+                     help="reconnection attempts when a stream URL drops (default 5)")
+    enrol = parser.add_argument_group("enrolment")
+    enrol.add_argument("--enrol", metavar="NAME",
+                       help="capture frames showing exactly one face from --source into people/NAME/ and exit")
+    enrol.add_argument("--count", type=int, default=5, help="frames to capture with --enrol (default 5)")
+    enrol.add_argument("--enrol-every", type=int, default=10, metavar="K",
+                       help="with --enrol, skip K-1 frames after each capture so the pictures differ (default 10)")
+    args = parser.parse_args(argv)
+    if args.detect_every < 1 or args.count < 1 or args.enrol_every < 1 or args.reconnect < 0:
+        parser.error("--detect-every, --count and --enrol-every must be at least 1, --reconnect at least 0")
+    if not 0 < args.detect_scale <= 4 or min(args.upsample) < 0:
+        parser.error("--detect-scale must be in (0, 4] and --upsample counts non-negative")
+    if args.threshold is not None and not 0 <= args.threshold <= 4:
+        parser.error("--threshold is a squared L2 distance between unit vectors: between 0 and 4")
+    return args
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class SetupError(Exception):
+    """A problem found before the first frame; the message is for the user."""
+
+
+def make_aligner(args: argparse.Namespace, output_size: int = 96):
+    from utils.align import FaceAligner
+
+    return FaceAligner(output_size=output_size, upsample=tuple(args.upsample), detector=args.detector,
+                       detect_scale=args.detect_scale)
+
+
+def run_enrol(args: argparse.Namespace, source: FrameSource) -> int:
+    from utils.gallery import check_person_name, enrol
+
+    try:
+        name = check_person_name(args.enrol)
+    except ValueError as err:
+        raise SetupError(str(err)) from None
+    saved = enrol(source, make_aligner(args), name, args.people, args.count, args.enrol_every, log=say)
+    if len(saved) < args.count:
+        say(f"only {len(saved)} of {args.count} frames with exactly one face were found before "
+            f"{source.description} ended")
+        return EXIT_SOURCE_STOPPED if not saved else 0
+    say(f"enrolled {name}: {len(saved)} pictures in {args.people / name}; they are embedded on the next run")
+    return 0
+
+
+def load_recognizer(args: argparse.Namespace, detect_every: int):
+    """Model, threshold and gallery; SetupError with a clear message when one is missing."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from models.weights import MissingWeightsError, load_model, weights_path
+    from utils.embedding import embed_faces, model_input_size
+    from utils.gallery import build_gallery, model_fingerprint
+    from utils.matching import NoThresholdError, default_threshold
+    from utils.tracking import VideoRecognizer
+
+    threshold = args.threshold
+    if threshold is None:
+        try:
+            threshold = default_threshold(args.model)
+        except NoThresholdError as err:
+            raise SetupError(str(err)) from None
+        say(f"threshold {threshold:.3f} (from the LFW View 2 evaluation of {args.model})"
+            + ("; it was measured with the default weights, not " + str(args.weights) if args.weights else ""))
+    if not args.people.is_dir():
+        raise SetupError(f"gallery folder not found: {args.people} (see people/README.md)")
+    try:
+        model = load_model(args.model, args.weights)
+    except (MissingWeightsError, ValueError) as err:
+        raise SetupError(str(err)) from None
+    size = model_input_size(model)
+
+    def embed(faces):
+        return embed_faces(model, faces)
+
+    say(f"embedding the gallery {args.people} with {args.model} ...")
+    gallery = build_gallery(args.people, embed, model_fingerprint(args.model, args.weights or weights_path(args.model)),
+                            args.model, output_size=size, detector=args.detector)
+    for issue in gallery.issues:
+        say(f"gallery: {issue}")
+    if not gallery.people:
+        raise SetupError(f"no usable pictures in {args.people}: add people/<Name>.jpg or people/<Name>/*.jpg "
+                         f"(see people/README.md) or use --enrol NAME")
+    say(f"gallery: {len(gallery.people)} people, {len(gallery)} pictures "
+        f"({gallery.embedded_now} embedded now, {len(gallery) - gallery.embedded_now} from the cache)")
+    return VideoRecognizer(make_aligner(args, size), embed, gallery, threshold, detect_every)
+
+
+def frame_record(frame: Frame, faces) -> dict:
+    """The --json line of one frame."""
+    return {"frame": frame.index, "image": frame.name,
+            "faces": [{"box": list(f.box), "name": f.match.name or "unknown", "known": f.match.known,
+                       "distance": round(f.match.distance, 4), "nearest": f.match.nearest, "tracked": f.tracked}
+                      for f in faces]}
+
+
+def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
+    import cv2
+
+    from utils.drawing import draw_face, draw_fps
+
+    recognizer = load_recognizer(args, 1 if source.stills else args.detect_every)
+    no_window = None if args.no_window else window_unavailable()
+    show = not args.no_window and no_window is None
+    if no_window:
+        say(f"no window: {no_window}" + ("" if args.output or args.json else
+                                          "; printing who is seen here (or use --output FILE.mp4 / --json)"))
+    sink = FrameSink(args.output, source.fps) if args.output else None
+    draw = show or sink is not None
+    log_changes = not (show or sink or args.json)
+    last_names: list[str] | None = None
+    fps, started, frames, tick = 0.0, time.perf_counter(), 0, time.perf_counter()
+    try:
+        for frame in source:
+            faces = recognizer.process(frame.rgb)
+            now = time.perf_counter()
+            fps = 1.0 / max(now - tick, 1e-6) if fps == 0 else 0.9 * fps + 0.1 / max(now - tick, 1e-6)
+            tick, frames = now, frames + 1
+            if args.json:
+                print(json.dumps(frame_record(frame, faces)), flush=True)
+            if log_changes:
+                names = sorted(f.match.name or "unknown" for f in faces)
+                if names != last_names or source.stills:
+                    described = ", ".join(f"{f.match.name or 'unknown'} ({f.match.distance:.2f})" for f in faces)
+                    print(f"frame {frame.index}{' ' + frame.name if frame.name else ''}: {described or 'no face'}",
+                          flush=True)
+                    last_names = names
+            if not draw:
+                continue
+            canvas = frame.rgb.copy()
+            for face in faces:
+                draw_face(canvas, face.box, face.match.name, face.match.distance, args.show_distance)
+            draw_fps(canvas, fps)
+            if sink:
+                sink.write(frame, canvas)
+            if show:
+                cv2.imshow(WINDOW_TITLE, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+                key = cv2.waitKey(0 if frame.name else 1) & 0xFF
+                if key in (ord("q"), 27):
+                    break
+    finally:
+        if sink:
+            sink.close()
+        if show:
+            cv2.destroyAllWindows()
+    elapsed = time.perf_counter() - started
+    say(f"{frames} frames in {elapsed:.1f} s ({frames / max(elapsed, 1e-6):.1f} frames/s)"
+        + (f"; annotated frames in {args.output}" if sink else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_opencv()
+    source = None
+    try:
+        source = open_source(args.source, log=say, retries=args.reconnect)
+        if args.enrol:
+            return run_enrol(args, source)
+        return run_recognition(args, source)
+    except (SetupError, OutputError, FileNotFoundError) as err:
+        say(f"error: {err}")
+        return EXIT_SETUP
+    except SourceError as err:
+        say(f"error: {err}")
+        return EXIT_SETUP if source is None else EXIT_SOURCE_STOPPED
+    except KeyboardInterrupt:
+        say("interrupted")
+        return EXIT_INTERRUPTED
+    finally:
+        if source is not None:
+            source.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
