@@ -1,0 +1,174 @@
+"""Evaluate face-embedding models on LFW verification (View 2 ten-fold, or View 1).
+
+Several models can be compared in one run; each gives a table row, and all share one JSON
+result and one ROC plot:
+
+    python evaluate.py --model openface_nn4_small2 dlib_resnet --protocol view2
+
+A View 2 run of a registry model with its default weights, squared L2 and no flip (the setting
+recognize.py uses) also stores accuracy, std, AUC and mean threshold in the model's metadata
+(``lfw_view2``), where recognize.py takes its default threshold from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from utils.dlib_resnet import NAME as DLIB  # noqa: E402
+from utils.paths import BENCHMARK_RESULTS_DIR, lfw_dir, lfw_protocol_dir  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+    from models import MODEL_NAMES
+
+    parser = argparse.ArgumentParser(
+        description="LFW face-verification benchmark: accuracy +- std over folds (threshold chosen on the "
+                    "other folds), ROC AUC, equal error rate, VAL@FAR=1e-3 and the mean threshold, for one "
+                    "or more models. Writes a JSON result and a ROC plot.")
+    parser.add_argument("--model", nargs="+", required=True, choices=[*MODEL_NAMES, DLIB], metavar="NAME",
+                        help=f"one or more of: {', '.join([*MODEL_NAMES, DLIB])} ({DLIB} is dlib's ResNet "
+                             "descriptor, computed from the original image and dlib's 68 landmarks)")
+    parser.add_argument("--weights", type=Path,
+                        help="weights file (default: weights/<model>.weights.h5); only with a single registry model")
+    parser.add_argument("--lfw", type=Path, default=lfw_dir(), help="LFW image folder (default: %(default)s)")
+    parser.add_argument("--pairs-dir", type=Path, default=lfw_protocol_dir(),
+                        help="folder of pairs.txt / pairsDevTrain.txt / pairsDevTest.txt (default: %(default)s)")
+    parser.add_argument("--protocol", choices=["view2", "view1"], default="view2",
+                        help="view2: 10-fold on pairs.txt (the benchmark); view1: threshold on pairsDevTrain, "
+                             "scored on pairsDevTest (default: view2)")
+    parser.add_argument("--flip", action="store_true",
+                        help="average each face's embedding with its mirror image's (Keras models only)")
+    parser.add_argument("--metric", choices=["sqeuclidean", "cosine"], default="sqeuclidean",
+                        help="pair distance (default: sqeuclidean, thresholds 0..4 step 0.01; cosine: 0..2 step 0.005)")
+    parser.add_argument("--batch-size", type=int, default=64, help="faces per model call (default: 64)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="processes for aligning new images and for dlib descriptors (default: all cores)")
+    parser.add_argument("--out", type=Path, default=BENCHMARK_RESULTS_DIR,
+                        help="folder for the JSON result and ROC PNG (default: %(default)s)")
+    return parser
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Reject option combinations that cannot work, before anything is loaded."""
+    if len(set(args.model)) != len(args.model):
+        raise ValueError("a model is named twice in --model")
+    if args.weights and len([m for m in args.model if m != DLIB]) != 1:
+        raise ValueError("--weights needs exactly one registry model (not dlib_resnet) in --model")
+    if args.flip and DLIB in args.model:
+        raise ValueError("--flip applies to Keras models, not dlib_resnet")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+
+
+def _evaluate(args: argparse.Namespace) -> list[tuple]:
+    """(model name, weights path or None, LFWResult, wall seconds) per model.
+
+    Protocol files, images and weights are all checked before the first (slow) evaluation.
+    The wall time of a model covers aligning (on first use of a cache) and embedding.
+    """
+    from models.weights import load_model, weights_path
+    from utils.aligned_cache import load_or_build
+    from utils.datasets.lfw import check_images_exist, pair_images
+    from utils.dlib_resnet import DlibResNetEmbedder
+    from utils.embedding import model_input_size
+    from utils.evaluation import evaluate_lfw, protocol_pairs
+
+    images = pair_images(p for pairs in protocol_pairs(args.protocol, args.pairs_dir).values() for p in pairs)
+    check_images_exist(images, args.lfw)
+    embedders = {}
+    for name in args.model:
+        if name == DLIB:
+            embedders[name] = (DlibResNetEmbedder(workers=args.workers), None, 96)
+        else:
+            weights = args.weights or weights_path(name)
+            model = load_model(name, weights)
+            embedders[name] = (model, weights, model_input_size(model))
+    caches, rows = {}, []
+    for name, (embedder, weights, size) in embedders.items():
+        start = time.perf_counter()
+        if size not in caches:
+            caches[size] = load_or_build(args.lfw, output_size=size, workers=args.workers)
+        result = evaluate_lfw(embedder, args.protocol, aligned=caches[size], flip=args.flip, metric=args.metric,
+                              protocol_dir=args.pairs_dir, batch_size=args.batch_size, progress=True)
+        rows.append((name, weights, result, time.perf_counter() - start))
+    return rows
+
+
+def _table(rows) -> str:
+    header = (f"{'model':<22} {'accuracy':>16} {'AUC':>6} {'EER':>6} {'VAL@FAR=1e-3':>12} {'threshold':>9} "
+              f"{'pairs':>6} {'images':>6} {'fallback':>8} {'wall s':>7}")
+    lines = [header, "-" * len(header)]
+    for name, _, result, seconds in rows:
+        v = result.verification
+        lines.append(f"{name:<22} {v.accuracy:>8.4f} ± {v.accuracy_std:.4f} {v.auc:>6.4f} {v.eer:>6.4f} "
+                     f"{v.val_at_far:>12.4f} {v.threshold:>9.3f} {v.n_pairs:>6} {result.n_images:>6} "
+                     f"{result.n_fallback:>8} {seconds:>7.1f}")
+    return "\n".join(lines)
+
+
+def _store_metadata(args: argparse.Namespace, rows) -> list[str]:
+    """Record View 2 figures in the metadata of registry models evaluated with their default weights."""
+    from models.weights import update_metadata, weights_path
+
+    if args.protocol != "view2" or args.metric != "sqeuclidean" or args.flip:
+        return []
+    stored = []
+    for name, weights, result, _ in rows:
+        if name == DLIB or Path(weights).resolve() != weights_path(name).resolve():
+            continue
+        v = result.verification
+        update_metadata(name, lfw_view2={
+            "accuracy": v.accuracy, "accuracy_std": v.accuracy_std, "auc": v.auc, "threshold": v.threshold,
+            "metric": args.metric, "flip": False, "n_pairs": v.n_pairs, "n_fallback": result.n_fallback,
+            "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        stored.append(name)
+    return stored
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        _check_options(args)
+        rows = _evaluate(args)
+    except (OSError, ValueError) as err:  # missing files and folders, bad protocol files, unreadable images
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from utils.metrics import plot_roc_curves
+
+    stem = f"lfw_{args.protocol}_{'+'.join(args.model)}" + ("_flip" if args.flip else "") + \
+           ("_cosine" if args.metric == "cosine" else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    title = f"LFW {args.protocol} ({args.metric}{', flip' if args.flip else ''})"
+    png = plot_roc_curves({name: result.verification for name, _, result, _ in rows},
+                          args.out / f"{stem}_roc.png", title=title)
+    record = {
+        "protocol": args.protocol, "metric": args.metric, "flip": args.flip, "lfw": str(args.lfw),
+        "pairs_dir": str(args.pairs_dir), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - started, "roc_png": str(png),
+        "results": [{"model": name, "weights": str(weights) if weights else None, "wall_seconds": seconds,
+                     **result.to_dict()} for name, weights, result, seconds in rows],
+    }
+    json_path = args.out / f"{stem}.json"
+    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    stored = _store_metadata(args, rows)
+
+    print(f"\nLFW {args.protocol}, {args.metric}{', flip' if args.flip else ''}")
+    print(_table(rows))
+    print(f"total wall time {record['wall_seconds']:.1f} s")
+    print(f"JSON: {json_path}")
+    print(f"ROC:  {png}")
+    for name in stored:
+        print(f"stored lfw_view2 figures in the metadata of {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Batch embedding, the LFW evaluation module, the dlib ResNet embedder and evaluate.py.
+
+Runs on a small LFW-like tree (real LFW photos of four people plus a blank "person" whose
+images have no face) with its own View 1 / View 2 protocol files.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import evaluate
+import utils.dlib_resnet as dlib_resnet
+from models import get_model
+from models.layers import L2Normalize
+from utils.aligned_cache import load_or_build
+from utils.datasets.lfw import MissingImagesError
+from utils.embedding import embed_faces
+from utils.evaluation import evaluate_lfw
+from utils.paths import REPO_ROOT
+
+PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Serena_Williams"]
+BLANK = "Blank_Face"
+# View 2: two folds of three matched + three mismatched pairs.
+VIEW2 = ["2\t3",
+         "George_W_Bush\t1\t2", "Colin_Powell\t1\t2", "Tony_Blair\t1\t2",
+         "George_W_Bush\t1\tColin_Powell\t3", "Tony_Blair\t3\tSerena_Williams\t1", "Blank_Face\t1\tGeorge_W_Bush\t3",
+         "Serena_Williams\t1\t2", "George_W_Bush\t2\t3", "Blank_Face\t1\t2",
+         "Colin_Powell\t1\tTony_Blair\t1", "Serena_Williams\t3\tGeorge_W_Bush\t1",
+         "Colin_Powell\t2\tSerena_Williams\t2"]
+DEV_TRAIN = ["3", "George_W_Bush\t1\t3", "Colin_Powell\t2\t3", "Serena_Williams\t2\t3",
+             "George_W_Bush\t2\tTony_Blair\t2", "Colin_Powell\t1\tSerena_Williams\t3", "Blank_Face\t2\tTony_Blair\t1"]
+DEV_TEST = ["2", "Tony_Blair\t2\t3", "Blank_Face\t1\t2",
+            "Serena_Williams\t1\tColin_Powell\t3", "George_W_Bush\t3\tTony_Blair\t3"]
+N_IMAGES = 14  # 3 per person, 2 blank
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, lfw_root):
+    """(lfw folder, protocol folder, aligned cache) with caches kept under a temporary folder."""
+    base = tmp_path_factory.mktemp("tiny_lfw")
+    root, protocol = base / "lfw", base / "protocol"
+    for name in PEOPLE:
+        (root / name).mkdir(parents=True)
+        for n in (1, 2, 3):
+            shutil.copy(lfw_root / name / f"{name}_{n:04d}.jpg", root / name)
+    (root / BLANK).mkdir()
+    for n in (1, 2):
+        Image.fromarray(np.full((250, 250, 3), 60 * n, np.uint8)).save(root / BLANK / f"{BLANK}_{n:04d}.jpg")
+    protocol.mkdir()
+    for name, lines in (("pairs.txt", VIEW2), ("pairsDevTrain.txt", DEV_TRAIN), ("pairsDevTest.txt", DEV_TEST)):
+        (protocol / name).write_text("\n".join(lines) + "\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACE_CACHE_DIR", str(base / "cache"))
+        aligned = load_or_build(root, workers=1, progress=False)
+        yield root, protocol, aligned
+
+
+def one_hot_identity(aligned, rows):
+    """A perfect embedder: each identity its own unit vector."""
+    names = sorted(set(aligned.identities))
+    out = np.zeros((len(rows), len(names)), np.float32)
+    for i, row in enumerate(rows):
+        out[i, names.index(aligned.identities[row])] = 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    face = keras.Input((96, 96, 3))
+    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu")(face)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(face, L2Normalize()(keras.layers.Dense(8)(x)))
+
+
+def test_embed_faces_batches_resizes_and_flips(small_model):
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (7, 96, 96, 3), dtype=np.uint8)
+    whole = embed_faces(small_model, faces)
+    assert whole.shape == (7, 8) and whole.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(embed_faces(small_model, faces, batch_size=3), whole, atol=1e-5)
+    expected = small_model.predict_on_batch(faces.astype(np.float32) / 255)
+    np.testing.assert_allclose(whole, expected, atol=1e-5)
+
+    mirrored = faces[:, :, ::-1]
+    flipped = embed_faces(small_model, faces, batch_size=4, flip=True)
+    both = whole + embed_faces(small_model, mirrored)
+    np.testing.assert_allclose(flipped, both / np.linalg.norm(both, axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(embed_faces(small_model, mirrored, flip=True), flipped, atol=1e-5)
+    assert not np.allclose(flipped, whole, atol=1e-3)
+
+    large = rng.integers(0, 256, (3, 130, 130, 3), dtype=np.uint8)
+    resized = np.stack([cv2.resize(f, (96, 96), interpolation=cv2.INTER_AREA) for f in large])
+    np.testing.assert_allclose(embed_faces(small_model, large), embed_faces(small_model, resized), atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        embed_faces(small_model, faces.astype(np.float32))
+
+
+def test_evaluate_lfw_embeds_each_image_once_and_pairs_them_right(tiny):
+    root, protocol, aligned = tiny
+    calls = []
+
+    def embedder(cache, rows):
+        calls.append(list(rows))
+        return one_hot_identity(cache, rows)
+
+    result = evaluate_lfw(embedder, "view2", aligned=aligned, protocol_dir=protocol)
+    assert len(calls) == 1 and len(calls[0]) == len(set(calls[0])) == N_IMAGES
+    assert result.verification.accuracy == 1.0 and result.verification.auc == 1.0
+    assert result.verification.fold_accuracies == [1.0, 1.0]
+    assert (result.n_pairs, result.n_images, result.n_fallback) == (12, N_IMAGES, 2)
+    assert result.fallback_images == [f"{BLANK}/{BLANK}_0001.jpg", f"{BLANK}/{BLANK}_0002.jpg"]
+
+    view1 = evaluate_lfw(one_hot_identity, "view1", lfw_root=root, protocol_dir=protocol)
+    assert view1.n_pairs == 4 and view1.n_images == N_IMAGES  # DevTrain and DevTest images, each once
+    assert view1.verification.accuracy == 1.0
+    inverted = evaluate_lfw(lambda c, r: -one_hot_identity(c, r) + 1, "view1", aligned=aligned,
+                            protocol_dir=protocol, metric="cosine")
+    assert inverted.metric == "cosine" and inverted.verification.accuracy == 1.0
+
+
+def test_keras_model_runs_through_the_cache(tiny, small_model):
+    _, protocol, aligned = tiny
+    result = evaluate_lfw(small_model, "view1", aligned=aligned, protocol_dir=protocol, flip=True)
+    assert result.flip and 0.0 <= result.verification.accuracy <= 1.0
+    assert result.verification.n_pairs == 4 and len(result.verification.roc_fpr) >= 2
+
+
+def test_pairs_naming_a_missing_image_fail_clearly(tiny, tmp_path):
+    root, protocol, aligned = tiny
+    bad = tmp_path / "protocol"
+    shutil.copytree(protocol, bad)
+    lines = DEV_TEST.copy()
+    lines[1] = "Ghost_Person\t1\t2"
+    (bad / "pairsDevTest.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(MissingImagesError, match="Ghost_Person/Ghost_Person_0001.jpg") as err:
+        evaluate_lfw(one_hot_identity, "view1", lfw_root=root, protocol_dir=bad)
+    assert err.value.missing == ["Ghost_Person/Ghost_Person_0001.jpg", "Ghost_Person/Ghost_Person_0002.jpg"]
+    with pytest.raises(MissingImagesError, match="Ghost_Person/Ghost_Person_0002.jpg"):
+        evaluate_lfw(one_hot_identity, "view1", aligned=aligned, protocol_dir=bad)
+
+
+def test_dlib_descriptors_separate_people_and_are_cached(tiny, monkeypatch):
+    _, _, aligned = tiny
+    rows = list(range(len(aligned)))
+    embedder = dlib_resnet.DlibResNetEmbedder(workers=1, progress=False)
+    first = embedder(aligned, rows)
+    assert first.shape == (N_IMAGES, 128) and np.isfinite(first).all()
+    assert dlib_resnet.descriptor_cache_path(aligned.root).is_file()
+    ids = np.array(aligned.identities)
+    d = np.linalg.norm(first[:, None] - first[None], axis=2)
+    people = ids != BLANK
+    same = (ids[:, None] == ids[None]) & ~np.eye(len(ids), dtype=bool)
+    real = people[:, None] & people[None]
+    assert d[same & real].max() < 0.6 < d[~same & real & ~np.eye(len(ids), dtype=bool)].min()  # dlib's threshold
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("descriptors were recomputed")
+
+    monkeypatch.setattr(dlib_resnet, "_describe_many", no_compute)
+    np.testing.assert_array_equal(embedder(aligned, rows[::-1]), first[::-1])
+
+
+def run_cli(capsys, *args):
+    code = evaluate.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture()
+def random_ang(tmp_path, monkeypatch):
+    """A random-init 'ang' model whose default weights file lives in a temporary weights folder."""
+    monkeypatch.setattr("models.weights.WEIGHTS_DIR", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    get_model("ang").save_weights(tmp_path / "weights" / "ang.weights.h5")
+    return tmp_path / "weights"
+
+
+def test_cli_view1_writes_json_and_roc(tiny, tmp_path, random_ang, capsys):
+    root, protocol, _ = tiny
+    code, out, err = run_cli(capsys, "--model", "ang", "--weights", random_ang / "ang.weights.h5", "--lfw", root,
+                             "--pairs-dir", protocol, "--protocol", "view1", "--workers", 1, "--out", tmp_path / "out")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "lfw_view1_ang.json").read_text())
+    assert record["protocol"] == "view1" and record["metric"] == "sqeuclidean"
+    (row,) = record["results"]
+    assert row["model"] == "ang" and row["n_pairs"] == 4 and row["n_images"] == N_IMAGES and row["n_fallback"] == 2
+    assert 0 <= row["accuracy"] <= 1 and len(row["fold_thresholds"]) == 1
+    png = tmp_path / "out" / "lfw_view1_ang_roc.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert str(png) in out and "ang" in out and "± 0.0000" in out
+    assert not (random_ang / "ang.json").exists()  # only View 2 results go into the metadata
+
+
+def test_cli_view2_two_models_and_metadata(tiny, tmp_path, random_ang, capsys):
+    root, protocol, _ = tiny
+    code, out, err = run_cli(capsys, "--model", "ang", "dlib_resnet", "--lfw", root, "--pairs-dir", protocol,
+                             "--workers", 1, "--out", tmp_path / "out")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "lfw_view2_ang+dlib_resnet.json").read_text())
+    ang, dlib_row = record["results"]
+    assert (ang["model"], dlib_row["model"]) == ("ang", "dlib_resnet")
+    assert len(ang["fold_accuracies"]) == 2 and ang["n_pairs"] == 12
+    assert dlib_row["accuracy"] >= 10 / 12
+    metadata = json.loads((random_ang / "ang.json").read_text())["lfw_view2"]
+    assert metadata["accuracy"] == ang["accuracy"] and metadata["threshold"] == ang["threshold"]
+    assert metadata["auc"] == ang["auc"] and metadata["accuracy_std"] == ang["accuracy_std"]
+    table = [line for line in out.splitlines() if line.startswith(("ang ", "dlib_resnet "))]
+    assert len(table) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update(lfw=a["tmp"] / "nowhere"), "LFW folder not found"),
+    (lambda a: a.update(pairs=a["tmp"]), "protocol file not found"),
+    (lambda a: a.update(weights=a["tmp"] / "none.weights.h5"), "weights file not found"),
+    (lambda a: a.update(model=["ang", "nn2"]), "--weights needs exactly one registry model"),
+])
+def test_cli_bad_input_exits_2(tiny, tmp_path, random_ang, capsys, change, message):
+    root, protocol, _ = tiny
+    a = {"tmp": tmp_path, "lfw": root, "pairs": protocol, "weights": random_ang / "ang.weights.h5", "model": ["ang"]}
+    change(a)
+    code, _, err = run_cli(capsys, "--model", *a["model"], "--weights", a["weights"], "--lfw", a["lfw"],
+                           "--pairs-dir", a["pairs"], "--out", tmp_path / "out")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_weights_in_a_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, "evaluate.py", "--model", "nn2", "--weights", tmp_path / "nn2.weights.h5",
+                           "--protocol", "view1", "--out", tmp_path], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "weights file not found" in proc.stderr and "Traceback" not in proc.stderr
