@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
                              "descriptor, computed from the original image and dlib's 68 landmarks)")
     parser.add_argument("--weights", type=Path,
                         help="weights file (default: weights/<model>.weights.h5); only with a single registry model")
+    parser.add_argument("--random-init", action="store_true",
+                        help="evaluate the architecture with random weights (seed 0): the floor a trained "
+                             "model must rise above")
     parser.add_argument("--lfw", type=Path, default=lfw_dir(), help="LFW image folder (default: %(default)s)")
     parser.add_argument("--pairs-dir", type=Path, default=lfw_protocol_dir(),
                         help="folder of pairs.txt / pairsDevTrain.txt / pairsDevTest.txt (default: %(default)s)")
@@ -61,6 +64,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("a model is named twice in --model")
     if args.weights and len([m for m in args.model if m != DLIB]) != 1:
         raise ValueError("--weights needs exactly one registry model (not dlib_resnet) in --model")
+    if args.random_init and (args.weights or DLIB in args.model):
+        raise ValueError("--random-init applies to registry models without --weights")
     if args.flip and DLIB in args.model:
         raise ValueError("--flip applies to Keras models, not dlib_resnet")
     if args.batch_size < 1:
@@ -73,6 +78,9 @@ def _evaluate(args: argparse.Namespace) -> list[tuple]:
     Protocol files, images and weights are all checked before the first (slow) evaluation.
     The wall time of a model covers aligning (on first use of a cache) and embedding.
     """
+    import keras
+
+    from models import get_model
     from models.weights import load_model, weights_path
     from utils.aligned_cache import load_or_build
     from utils.datasets.lfw import check_images_exist, pair_images
@@ -86,9 +94,13 @@ def _evaluate(args: argparse.Namespace) -> list[tuple]:
     for name in args.model:
         if name == DLIB:
             embedders[name] = (DlibResNetEmbedder(workers=args.workers), None, 96)
+        elif args.random_init:
+            keras.utils.set_random_seed(0)
+            model, weights = get_model(name), None
         else:
             weights = args.weights or weights_path(name)
             model = load_model(name, weights)
+        if name != DLIB:
             embedders[name] = (model, weights, model_input_size(model))
     caches, rows = {}, []
     for name, (embedder, weights, size) in embedders.items():
@@ -121,7 +133,7 @@ def _store_metadata(args: argparse.Namespace, rows) -> list[str]:
         return []
     stored = []
     for name, weights, result, _ in rows:
-        if name == DLIB or Path(weights).resolve() != weights_path(name).resolve():
+        if weights is None or Path(weights).resolve() != weights_path(name).resolve():
             continue
         v = result.verification
         update_metadata(name, lfw_view2={
@@ -143,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from utils.metrics import plot_roc_curves
 
-    stem = f"lfw_{args.protocol}_{'+'.join(args.model)}" + ("_flip" if args.flip else "") + \
+    stem = f"lfw_{args.protocol}_{'+'.join(args.model)}" + ("_random_init" if args.random_init else "") + \
+           ("_flip" if args.flip else "") + \
            ("_cosine" if args.metric == "cosine" else "")
     args.out.mkdir(parents=True, exist_ok=True)
     title = f"LFW {args.protocol} ({args.metric}{', flip' if args.flip else ''})"

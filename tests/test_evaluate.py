@@ -239,3 +239,18 @@ def test_cli_missing_weights_in_a_real_process(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "weights file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_random_init_is_reproducible_and_stores_nothing(tiny, tmp_path, random_ang, capsys):
+    root, protocol, _ = tiny
+    records = []
+    for run in ("a", "b"):
+        code, _, err = run_cli(capsys, "--model", "ang", "--random-init", "--lfw", root, "--pairs-dir", protocol,
+                               "--workers", 1, "--out", tmp_path / run)
+        assert code == 0, err
+        records.append(json.loads((tmp_path / run / "lfw_view2_ang_random_init.json").read_text()))
+    assert records[0]["results"][0]["weights"] is None
+    assert records[0]["results"][0]["roc_tpr"] == records[1]["results"][0]["roc_tpr"]
+    assert not (random_ang / "ang.json").exists()
+    code, _, err = run_cli(capsys, "--model", "ang", "--random-init", "--weights", random_ang / "ang.weights.h5")
+    assert code == 2 and "--random-init" in err
