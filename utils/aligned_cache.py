@@ -216,6 +216,14 @@ def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str
     return data
 
 
+def load_cache(folder: str | Path) -> AlignedFaces:
+    """A cache folder written by load_or_build, read without its dataset (root = the folder)."""
+    loaded = _load(Path(folder), Path(folder))
+    if loaded is None:
+        raise ValueError(f"not a readable aligned-face cache (format {FORMAT_VERSION}): {folder}")
+    return loaded[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m utils.aligned_cache",

@@ -1,0 +1,112 @@
+"""Training images/s of each architecture at 96 px on this machine, and the earlier project's input path.
+
+    python benchmarks/train_speed.py [--models ang ang2 inception_v4 nn2] [--steps 5]
+                                     [--batch-identities 8 --images-per-identity 4] [--old-way-model ang]
+                                     [--old-way-upsample 0 1]
+
+Ours: identity-balanced P x K batches gathered from the in-memory aligned LFW cache, augmented in
+TF ops and prefetched (utils.batching), one tf.function step (utils.training). The earlier
+project's way, emulated for one model with the same step and batch size: a Python generator
+walking the LFW folders in order (unshuffled, so a batch holds one or two people) that reads
+every image from disk, decodes it, detects the face with dlib and aligns it, per step, with no
+prefetch. The first two steps of each run (tracing) are not timed. The CPU may be shared:
+figures are noisy, compare the two rows of one run.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from models import TRAINABLE_MODEL_NAMES, get_model  # noqa: E402
+from utils.aligned_cache import list_images, load_or_build  # noqa: E402
+from utils.align import FaceAligner, centre_crop  # noqa: E402
+from utils.batching import PKSampler, pool_datasets, training_dataset  # noqa: E402
+from utils.image_io import read_image  # noqa: E402
+from utils.paths import lfw_dir  # noqa: E402
+from utils.training import TrainConfig, make_train_step  # noqa: E402
+
+WARMUP_STEPS = 2
+SIZE = 96
+
+
+def old_way_batches(root: Path, batch_size: int, upsample: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Read, decode, detect and align every image of each batch, walking the folders in order."""
+    aligner = FaceAligner(SIZE, upsample=tuple(upsample))
+    files = list_images(root)
+    names = {name: i for i, name in enumerate(sorted({f.split("/", 1)[0] for f in files}))}
+    for start in itertools.count(0, batch_size):
+        chunk = [files[(start + i) % len(files)] for i in range(batch_size)]
+        faces = []
+        for rel in chunk:
+            rgb = read_image(root / rel)
+            face = aligner.align_largest(rgb)
+            faces.append(face if face is not None else centre_crop(rgb, SIZE))
+        labels = [names[rel.split("/", 1)[0]] for rel in chunk]
+        yield np.stack(faces).astype(np.float32) / 255.0, np.array(labels, np.int32)
+
+
+def images_per_second(model_name: str, batches: tf.data.Dataset, batch_size: int, steps: int) -> float:
+    strategy = tf.distribute.get_strategy()
+    model = get_model(model_name, input_size=SIZE)
+    optimizer = keras.optimizers.Adam(1e-3)
+    config = TrainConfig(model=model_name, data=[], checkpoint_dir="", log_dir="", weights_out="")
+    step = make_train_step(model, optimizer, strategy, config)
+    iterator = iter(batches)
+    for _ in range(WARMUP_STEPS):
+        step(iterator)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss, _, _ = step(iterator)
+    float(loss)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=TRAINABLE_MODEL_NAMES, default=list(TRAINABLE_MODEL_NAMES))
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per run (default 5)")
+    parser.add_argument("--batch-identities", type=int, default=8)
+    parser.add_argument("--images-per-identity", type=int, default=4)
+    parser.add_argument("--old-way-model", choices=TRAINABLE_MODEL_NAMES, default="ang")
+    parser.add_argument("--old-way-upsample", type=int, nargs="+", default=[0, 1],
+                        help="dlib upsample levels of the per-step detection (default 0 1, as the cache; "
+                             "FaceAligner's own default is 1)")
+    parser.add_argument("--lfw", type=Path, default=lfw_dir())
+    args = parser.parse_args()
+    batch_size = args.batch_identities * args.images_per_identity
+
+    cache = load_or_build(args.lfw, output_size=SIZE)
+    faces = pool_datasets({"lfw": cache})
+    sampler = PKSampler(faces.labels, args.batch_identities, args.images_per_identity, seed=0)
+    print(f"{batch_size} images per step ({args.batch_identities} x {args.images_per_identity}), {SIZE} px, "
+          f"{args.steps} timed steps after {WARMUP_STEPS} untimed")
+    ours = {}
+    for name in args.models:
+        ours[name] = images_per_second(name, training_dataset(faces, sampler), batch_size, args.steps)
+        print(f"{name:13s} cached P x K pipeline: {ours[name]:7.1f} images/s", flush=True)
+
+    signature = (tf.TensorSpec((batch_size, SIZE, SIZE, 3), tf.float32), tf.TensorSpec((batch_size,), tf.int32))
+    old = tf.data.Dataset.from_generator(lambda: old_way_batches(args.lfw, batch_size, args.old_way_upsample),
+                                         output_signature=signature)
+    old_rate = images_per_second(args.old_way_model, old, batch_size, args.steps)
+    name = args.old_way_model
+    if name not in ours:
+        ours[name] = images_per_second(name, training_dataset(faces, sampler), batch_size, args.steps)
+    print(f"{name:13s} earlier project's way (read + detect (upsample {args.old_way_upsample}) + align per "
+          "step, unshuffled): "
+          f"{old_rate:7.1f} images/s")
+    print(f"speed-up of the cached pipeline for {name}: {ours[name] / old_rate:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""P x K sampling, pooling of datasets and the tf.data pipeline."""
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from utils.batching import PKSampler, TrainingFaces, augment, pool_datasets, replica_slice, training_dataset
+
+
+def dataset(counts: dict[str, int], size: int = 8, undetected: frozenset[int] = frozenset(), seed: int = 0):
+    """An AlignedFaces-like object: ``counts[name]`` random faces per identity."""
+    identities = [name for name, n in counts.items() for _ in range(n)]
+    faces = np.random.default_rng(seed).integers(0, 256, (len(identities), size, size, 3), dtype=np.uint8)
+    detected = np.array([i not in undetected for i in range(len(identities))])
+    return SimpleNamespace(identities=identities, faces=faces, detected=detected)
+
+
+def uneven_pool(identities: int = 13, seed: int = 0) -> TrainingFaces:
+    rng = np.random.default_rng(seed)
+    return pool_datasets({"d": dataset({f"p{i}": int(rng.integers(2, 9)) for i in range(identities)})})
+
+
+def test_a_batch_has_p_identities_with_k_images_each_grouped():
+    pool = uneven_pool()
+    sampler = PKSampler(pool.labels, identities_per_batch=4, images_per_identity=3, seed=7)
+    for step in range(10):
+        rows = sampler.batch(step)
+        labels = pool.labels[rows]
+        assert len(rows) == 12
+        assert Counter(labels.tolist()) == {label: 3 for label in set(labels.tolist())}
+        assert len(set(labels.tolist())) == 4
+        assert all(len(set(labels[i:i + 3])) == 1 for i in range(0, 12, 3))
+
+
+def test_identities_with_k_images_or_more_are_sampled_without_repeats_others_fully():
+    pool = pool_datasets({"d": dataset({"few": 2, "many": 9, "other": 5, "more": 6})})
+    sampler = PKSampler(pool.labels, 2, 4, seed=0)
+    few = pool.names.index("d/few")
+    for step in range(12):
+        rows = sampler.batch(step)
+        for i in range(0, len(rows), 4):
+            group = rows[i:i + 4]
+            if pool.labels[group[0]] == few:
+                assert set(group) == set(np.flatnonzero(pool.labels == few))  # both images, then repeats
+            else:
+                assert len(set(group)) == 4
+
+
+def test_each_pass_visits_every_identity_once_in_a_new_order():
+    pool = uneven_pool(identities=12)
+    sampler = PKSampler(pool.labels, 4, 2, seed=3)
+    assert sampler.batches_per_pass == 3
+    orders = []
+    for first in (0, 3, 6):
+        order = [pool.labels[sampler.batch(step)][::2].tolist() for step in range(first, first + 3)]
+        flat = sum(order, [])
+        assert sorted(flat) == list(range(12))
+        orders.append(flat)
+    assert orders[0] != orders[1] != orders[2]
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    pool = uneven_pool()
+    a, b = PKSampler(pool.labels, 4, 2, seed=1), PKSampler(pool.labels, 4, 2, seed=1)
+    forward = [a.batch(s).tolist() for s in range(8)]
+    assert [b.batch(s).tolist() for s in reversed(range(8))] == forward[::-1]
+    assert [PKSampler(pool.labels, 4, 2, seed=2).batch(s).tolist() for s in range(8)] != forward
+
+
+def test_sampler_rejects_impossible_batches():
+    pool = uneven_pool(identities=3)
+    with pytest.raises(ValueError, match="only 3 identities"):
+        PKSampler(pool.labels, 4, 2)
+    with pytest.raises(ValueError, match="at least 2"):
+        PKSampler(pool.labels, 2, 1)
+
+
+def test_pooling_namespaces_identities_and_drops_undetected_excluded_and_rare():
+    lfw = dataset({"Ann": 3, "Bob": 2, "Cid": 4}, undetected=frozenset({3}))  # one of Bob's two
+    other = dataset({"Ann": 2, "7": 1, "8": 3}, seed=1)
+    pool = pool_datasets({"lfw": lfw, "celeba": other}, exclude={"Cid"}, min_images=2)
+    assert pool.names == ["lfw/Ann", "celeba/8", "celeba/Ann"]  # two Anns stay apart; Bob has 1 detected
+    np.testing.assert_array_equal(pool.labels, [0, 0, 0, 2, 2, 1, 1, 1])
+    np.testing.assert_array_equal(pool.faces, np.concatenate([lfw.faces[:3], other.faces[[0, 1, 3, 4, 5]]]))
+    with pytest.raises(ValueError, match="after excluding 2 people"):
+        pool_datasets({"lfw": lfw}, exclude={"Ann", "Cid"})
+    with pytest.raises(ValueError, match="differ in size"):
+        pool_datasets({"a": lfw, "b": dataset({"X": 2}, size=10)})
+
+
+def test_dataset_yields_float_faces_and_labels_of_the_sampled_rows():
+    pool = uneven_pool()
+    sampler = PKSampler(pool.labels, 4, 2, seed=5)
+    images, labels = next(iter(training_dataset(pool, sampler, augmentation=False)))
+    rows = sampler.batch(0)
+    assert images.dtype == tf.float32 and images.shape == (8, 8, 8, 3)
+    np.testing.assert_allclose(images.numpy(), pool.faces[rows] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(labels.numpy(), pool.labels[rows])
+
+
+def test_resumed_dataset_continues_with_identical_augmented_batches():
+    pool = uneven_pool()
+    sampler = PKSampler(pool.labels, 4, 2, seed=5)
+    whole = [x.numpy() for x, _ in training_dataset(pool, sampler).take(6)]
+    resumed = [x.numpy() for x, _ in training_dataset(pool, sampler, start_step=4).take(2)]
+    np.testing.assert_array_equal(resumed[0], whole[4])
+    np.testing.assert_array_equal(resumed[1], whole[5])
+    assert not np.array_equal(whole[0], whole[1])
+    assert all(0.0 <= x.min() and x.max() <= 1.0 for x in whole)
+
+
+def test_replicas_receive_their_identity_shares_in_turn():
+    pool = uneven_pool()
+    sampler = PKSampler(pool.labels, 4, 2, seed=5)
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
+    labels = [y.numpy() for _, y in training_dataset(pool, sampler, input_context=context).take(4)]
+    for step in range(2):
+        whole = pool.labels[sampler.batch(step)]
+        np.testing.assert_array_equal(np.concatenate(labels[2 * step:2 * step + 2]), whole)
+        assert not set(labels[2 * step]) & set(labels[2 * step + 1])
+    with pytest.raises(ValueError, match="split evenly"):
+        replica_slice(sampler.batch(0), 2, 0, 3)
+    with pytest.raises(ValueError, match="split evenly"):
+        training_dataset(pool, sampler, input_context=tf.distribute.InputContext(1, 0, 3))
+
+
+def test_augmentation_is_seeded_small_and_flips_about_half():
+    rng = np.random.default_rng(0)
+    # A smooth face-like image: a bright blob left of centre, so a flip moves it.
+    y, x = np.mgrid[0:48, 0:48]
+    blob = np.exp(-((x - 16) ** 2 + (y - 24) ** 2) / 60.0)
+    images = tf.constant(np.repeat((0.2 + 0.6 * blob)[None, :, :, None], 3, axis=3).repeat(64, axis=0)
+                         + rng.normal(0, 0.01, (64, 48, 48, 3)), tf.float32)
+    out = augment(images, tf.constant([1, 2], tf.int64)).numpy()
+    np.testing.assert_array_equal(out, augment(images, tf.constant([1, 2], tf.int64)).numpy())
+    assert not np.array_equal(out, augment(images, tf.constant([1, 3], tf.int64)).numpy())
+    assert out.shape == images.shape and out.min() >= 0.0 and out.max() <= 1.0
+    left_heavy = out[:, :, :24].mean(axis=(1, 2, 3)) > out[:, :, 24:].mean(axis=(1, 2, 3))
+    assert 16 < left_heavy.sum() < 48  # about half flipped
+    unflipped = out[left_heavy]
+    assert np.abs(unflipped - images.numpy()[left_heavy]).mean() < 0.1  # small geometric/photometric change

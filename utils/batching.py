@@ -1,0 +1,229 @@
+"""Identity-balanced P x K training batches from aligned-face caches, as a tf.data pipeline.
+
+A batch holds P identities with K images each, so that every anchor has K - 1 positives and
+(P - 1) K negatives to mine from. Which images make batch ``step`` is a pure function of
+``(seed, step)``: a resumed run continues with exactly the batches an uninterrupted run
+would have seen, with nothing to save but the step number.
+
+Sampling. The identities are visited in passes (the sampler's epochs; a training epoch is a
+fixed number of steps instead): each pass is a fresh shuffle of all identities (drawn from
+``(seed, pass)``), cut into consecutive groups of P; the P x K batches of one pass hold every
+identity once (the ``len % P`` left over at the end of a pass differ
+from pass to pass). Of each identity K different images are drawn; an identity with fewer
+than K images contributes all of them, in random order, and the rest are drawn again with
+replacement (augmentation makes the repeats differ). Identities with fewer than
+``min_images`` (default 2) images are left out: they can form no positive pair.
+
+Only faces where dlib found a face (``detected``) are used. Several datasets combine; each
+identity is named ``<dataset>/<folder>``, so equal folder names in two datasets stay apart.
+
+The pipeline: a generator yields one index array per batch (NumPy, per batch, not per
+image), then one vectorised TF function gathers the uint8 faces from the in-memory array,
+converts them to float32 in [0, 1] and augments them (horizontal flip, small rotation,
+scale and shift, brightness and contrast) with stateless random ops seeded by
+``(seed, step, replica)``, then prefetches.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+if TYPE_CHECKING:
+    from utils.aligned_cache import AlignedFaces
+
+ROTATION_DEGREES = 8.0
+SCALE = 0.06          # zoom factor drawn from [1 - SCALE, 1 + SCALE]
+SHIFT = 0.04          # translation as a fraction of the side, per axis
+BRIGHTNESS = 0.08     # added to [0, 1] pixel values
+CONTRAST = 0.15       # contrast factor drawn from [1 - CONTRAST, 1 + CONTRAST]
+
+
+@dataclass
+class TrainingFaces:
+    """Aligned faces pooled for training: uint8 faces, an integer label each, label names."""
+
+    faces: np.ndarray       # (N, S, S, 3) uint8
+    labels: np.ndarray      # (N,) int32, index into names
+    names: list[str]        # "<dataset>/<identity>" for each label
+
+    def __post_init__(self) -> None:
+        if self.faces.ndim != 4 or self.faces.shape[3] != 3 or self.faces.dtype != np.uint8:
+            raise ValueError(f"expected (N, S, S, 3) uint8 faces, got {self.faces.dtype} {self.faces.shape}")
+        if len(self.labels) != len(self.faces):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.faces)} faces")
+
+    @property
+    def num_identities(self) -> int:
+        return len(self.names)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.faces.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+
+def pool_datasets(datasets: Mapping[str, "AlignedFaces"], exclude: Iterable[str] = (),
+                  min_images: int = 2) -> TrainingFaces:
+    """Pool aligned datasets, keyed by a short dataset name, into one training set.
+
+    Faces with detected=False, identities in ``exclude`` (plain folder names, matched in
+    every dataset) and identities left with fewer than ``min_images`` faces are dropped.
+    Raises ValueError when nothing is left.
+    """
+    if min_images < 1:
+        raise ValueError(f"min_images must be at least 1, got {min_images}")
+    excluded = sorted(set(exclude))
+    chunks, label_chunks, label_names = [], [], []
+    for name, data in datasets.items():
+        identities, faces = np.asarray(data.identities), data.faces
+        keep = np.asarray(data.detected, bool) & ~np.isin(identities, excluded)
+        counts = Counter(identities[keep].tolist())
+        kept_names = sorted(i for i, n in counts.items() if n >= min_images)
+        keep &= np.isin(identities, kept_names)
+        label_of = {ident: len(label_names) + j for j, ident in enumerate(kept_names)}
+        label_names += [f"{name}/{ident}" for ident in kept_names]
+        rows = np.flatnonzero(keep)
+        chunks.append(faces[rows])
+        label_chunks.append(np.array([label_of[i] for i in identities[rows]], np.int32))
+    if not label_names:
+        raise ValueError(f"no identity with {min_images} or more detected faces in {', '.join(datasets)}"
+                         + (f" after excluding {len(excluded)} people" if excluded else ""))
+    sizes = {c.shape[1:] for c in chunks if len(c)}
+    if len(sizes) > 1:
+        raise ValueError(f"the datasets' faces differ in size: {sorted(sizes)}")
+    return TrainingFaces(np.concatenate(chunks), np.concatenate(label_chunks), label_names)
+
+
+class PKSampler:
+    """Row indices of the P x K batch of any step, a pure function of (seed, step)."""
+
+    def __init__(self, labels: np.ndarray, identities_per_batch: int, images_per_identity: int,
+                 seed: int = 0):
+        labels = np.asarray(labels)
+        self.rows = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+        if any(len(r) == 0 for r in self.rows):
+            raise ValueError("labels must be 0..n-1 with every label used")
+        if identities_per_batch < 2 or images_per_identity < 2:
+            raise ValueError(f"need at least 2 identities x 2 images per batch, got "
+                             f"{identities_per_batch} x {images_per_identity}")
+        if identities_per_batch > len(self.rows):
+            raise ValueError(f"{identities_per_batch} identities per batch but only {len(self.rows)} "
+                             "identities to train on")
+        self.p, self.k, self.seed = identities_per_batch, images_per_identity, seed
+        self.batches_per_pass = len(self.rows) // self.p
+        self._pass_order: tuple[int, np.ndarray] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.p * self.k
+
+    def _identity_order(self, pass_index: int) -> np.ndarray:
+        if self._pass_order is None or self._pass_order[0] != pass_index:
+            order = np.random.default_rng([self.seed, pass_index]).permutation(len(self.rows))
+            self._pass_order = (pass_index, order)
+        return self._pass_order[1]
+
+    def batch(self, step: int) -> np.ndarray:
+        """(P * K,) int64 row indices, grouped by identity: K rows of one, then K of the next."""
+        pass_index, position = divmod(step, self.batches_per_pass)
+        identities = self._identity_order(pass_index)[position * self.p:(position + 1) * self.p]
+        rng = np.random.default_rng([self.seed, pass_index, position, 1])
+        picks = []
+        for identity in identities:
+            rows = self.rows[identity]
+            if len(rows) >= self.k:
+                picks.append(rng.choice(rows, self.k, replace=False))
+            else:
+                picks.append(np.concatenate([rng.permutation(rows),
+                                             rng.choice(rows, self.k - len(rows), replace=True)]))
+        return np.concatenate(picks).astype(np.int64)
+
+
+def replica_slice(batch: np.ndarray, k: int, replica: int, num_replicas: int) -> np.ndarray:
+    """The share of a global P x K batch that one replica mines in: P / num_replicas whole identities."""
+    p = len(batch) // k
+    if p % num_replicas:
+        raise ValueError(f"{p} identities per batch do not split evenly over {num_replicas} replicas")
+    share = p // num_replicas * k
+    return batch[replica * share:(replica + 1) * share]
+
+
+def _affine_transforms(seed: tf.Tensor, n: tf.Tensor, size: int) -> tf.Tensor:
+    """(n, 8) projective transforms (output pixel -> input pixel): rotation, scale, shift about the centre."""
+    u = tf.random.stateless_uniform([n, 4], seed, minval=-1.0, maxval=1.0)
+    angle = u[:, 0] * (ROTATION_DEGREES * math.pi / 180.0)
+    scale = 1.0 + u[:, 1] * SCALE
+    tx, ty = u[:, 2] * (SHIFT * size), u[:, 3] * (SHIFT * size)
+    a, b = tf.cos(angle) / scale, tf.sin(angle) / scale
+    c = (size - 1) / 2.0
+    # input = R(-angle) / scale @ (output - centre - shift) + centre
+    return tf.stack([a, b, c - a * (c + tx) - b * (c + ty),
+                     -b, a, c + b * (c + tx) - a * (c + ty),
+                     tf.zeros_like(a), tf.zeros_like(a)], axis=1)
+
+
+def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Randomly flip, rotate, scale, shift and change brightness and contrast of (B, S, S, 3) floats in [0, 1]."""
+    n = tf.shape(images)[0]
+    size = images.shape[1]
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    flip = tf.random.stateless_uniform([n, 1, 1, 1], seeds[0]) < 0.5
+    images = tf.where(flip, tf.reverse(images, axis=[2]), images)
+    images = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=_affine_transforms(seeds[1], n, size), output_shape=[size, size],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+    brightness = tf.random.stateless_uniform([n, 1, 1, 1], seeds[2], -BRIGHTNESS, BRIGHTNESS)
+    contrast = tf.random.stateless_uniform([n, 1, 1, 1], seeds[3], 1.0 - CONTRAST, 1.0 + CONTRAST)
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    return tf.clip_by_value((images - mean) * contrast + mean + brightness, 0.0, 1.0)
+
+
+def training_dataset(faces: TrainingFaces, sampler: PKSampler, start_step: int = 0,
+                     augmentation: bool = True,
+                     input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """Endless (images float32 (b, S, S, 3) in [0, 1], labels int32 (b,)) batches from ``start_step`` on.
+
+    Without ``input_context`` each element is a whole P x K batch. With one (as
+    ``strategy.distribute_datasets_from_function`` passes), the dataset of input pipeline i
+    yields, for every step in turn, the share (``replica_slice``) of each of its local
+    replicas, in the order the strategy hands elements to them.
+    """
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline = input_context.input_pipeline_id if input_context else 0
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    if replicas % pipelines:
+        raise ValueError(f"{replicas} replicas do not split evenly over {pipelines} input pipelines")
+    local = replicas // pipelines
+    share = sampler.batch_size // replicas
+    if sampler.p % replicas:
+        raise ValueError(f"{sampler.p} identities per batch do not split evenly over {replicas} replicas")
+
+    def index_batches() -> Iterator[tuple[int, int, np.ndarray]]:
+        step = start_step
+        while True:
+            batch = sampler.batch(step)
+            for r in range(pipeline * local, (pipeline + 1) * local):
+                yield step, r, replica_slice(batch, sampler.k, r, replicas)
+            step += 1
+
+    images_table = tf.constant(faces.faces)
+    labels_table = tf.constant(faces.labels)
+    seed = sampler.seed
+
+    def load(step: tf.Tensor, replica: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        images = tf.cast(tf.gather(images_table, rows), tf.float32) / 255.0
+        if augmentation:
+            images = augment(images, tf.stack([tf.constant(seed, tf.int64), step * replicas + replica]))
+        return images, tf.gather(labels_table, rows)
+
+    signature = (tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64), tf.TensorSpec((share,), tf.int64))
+    ds = tf.data.Dataset.from_generator(index_batches, output_signature=signature)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
