@@ -8,6 +8,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+pytest_plugins = ["tests.http_fixtures"]  # the loopback HTTP server fixture, http_server
+
 from utils.paths import data_dir, lfw_dir  # noqa: E402
 
 

@@ -1,8 +1,6 @@
 """A loopback HTTP file server for download tests (never leaves 127.0.0.1).
 
-Use the ``http_server`` fixture by importing it into a test module::
-
-    from tests.http_fixtures import http_server  # noqa: F401  (pytest fixture)
+tests/conftest.py registers this module as a plugin, so any test can ask for it::
 
     def test_x(http_server):
         http_server.add_file("a/b.bin", b"...")

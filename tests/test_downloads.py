@@ -10,7 +10,6 @@ import tarfile
 import numpy as np
 import pytest
 
-from tests.http_fixtures import http_server  # noqa: F401  (pytest fixture)
 from utils.datasets import facescrub, lfw_download
 from utils.datasets.folders import DatasetError
 from utils.datasets.msceleb import jpeg_bytes

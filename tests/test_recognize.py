@@ -9,7 +9,6 @@ benchmarks/recognize_fps.py.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -19,82 +18,19 @@ import numpy as np
 import pytest
 
 import recognize
-from tests.http_fixtures import http_server  # noqa: F401  (pytest fixture)
 from utils.align import FaceAligner
 from utils.drawing import UNKNOWN_COLOUR, colour_for, draw_face, draw_fps, label_text
 from utils.image_io import read_image
+from utils.synthetic_video import FRAME_SIZE, background, face_sprite, sprite_positions, write_moving_faces_video
 from utils.tracking import VideoRecognizer, box_iou, follow_box
 from utils.video_sources import (CameraSource, FrameSink, OutputError, SourceError, StreamSource, open_source)
 
 REPO = Path(__file__).resolve().parent.parent
-FRAME_SIZE = (640, 480)
 FRAMES_PER_SCENE = 5
-SPRITE_MARGIN = 2.0  # sprite side in face-box sides
-STEP_PX = 32  # how far a face moves per frame
 # The five-celebrity people also appear in LFW under these names: never strangers.
 FIVE_CELEBRITY_IN_LFW = {"Ben_Affleck", "Elton_John", "Jerry_Seinfeld", "Madonna", "Mindy_Kaling"}
 KNOWN_RATE, UNKNOWN_RATE = 0.90, 0.80
 DETECT_EVERY = recognize.DEFAULT_DETECT_EVERY  # the LFW-gallery run uses the default
-
-
-# --- synthetic video -------------------------------------------------------------------------------
-
-def background(seed: int = 0) -> np.ndarray:
-    """A smooth, textured 640x480 RGB background."""
-    coarse = np.random.default_rng(seed).integers(40, 215, (12, 16, 3), dtype=np.uint8)
-    return cv2.resize(coarse, FRAME_SIZE, interpolation=cv2.INTER_CUBIC)
-
-
-def face_sprite(rgb: np.ndarray, aligner: FaceAligner, face_px: int) -> np.ndarray | None:
-    """A square cut around the largest face, scaled so that its detector box is face_px wide."""
-    boxes = aligner.detect(rgb)
-    if not boxes:
-        return None
-    box = boxes[0]
-    side = max(box.width(), box.height()) * SPRITE_MARGIN
-    cx, cy = (box.left() + box.right()) / 2, (box.top() + box.bottom()) / 2
-    pad = int(side)
-    padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    left, top = int(cx - side / 2) + pad, int(cy - side / 2) + pad
-    crop = padded[top:top + int(side), left:left + int(side)]
-    out = int(face_px * SPRITE_MARGIN)
-    return cv2.resize(crop, (out, out), interpolation=cv2.INTER_AREA if side > out else cv2.INTER_CUBIC)
-
-
-def sprite_positions(count: int, size: int, frame: int) -> list[tuple[int, int]]:
-    """Top-left corners of count sprites in a grid of cells, each moving back and forth in its cell."""
-    columns = min(count, 2)
-    rows = math.ceil(count / columns)
-    cell_w, cell_h = FRAME_SIZE[0] // columns, FRAME_SIZE[1] // rows
-    room = max(1, cell_w - size)
-    positions = []
-    for i in range(count):
-        travel = (frame * STEP_PX + i * room // 2) % (2 * room)
-        x = (i % columns) * cell_w + (travel if travel < room else 2 * room - travel)
-        y = (i // columns) * cell_h + max(0, (cell_h - size) // 2)
-        positions.append((int(x), int(y)))
-    return positions
-
-
-def write_moving_faces_video(path: Path, scenes: list[list[np.ndarray]], frames_per_scene: int,
-                             fps: float = 15.0) -> int:
-    """Write scenes (each a list of sprites shown together) as a 640x480 MJPG/mp4v video; returns frames."""
-    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v"))
-    writer = cv2.VideoWriter(str(path), fourcc, fps, FRAME_SIZE)
-    assert writer.isOpened(), f"cannot write {path}"
-    frames = 0
-    for number, sprites in enumerate(scenes):
-        base = background(number)
-        for k in range(frames_per_scene):
-            frame = base.copy()
-            for sprite, (x, y) in zip(sprites, sprite_positions(len(sprites), sprites[0].shape[0], k)):
-                h = min(sprite.shape[0], FRAME_SIZE[1] - y)
-                w = min(sprite.shape[1], FRAME_SIZE[0] - x)
-                frame[y:y + h, x:x + w] = sprite[:h, :w]
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-            frames += 1
-    writer.release()
-    return frames
 
 
 # --- data for the end-to-end runs ------------------------------------------------------------------
@@ -356,7 +292,7 @@ def test_stream_reconnects_then_gives_up():
     assert all("secret" not in line and "reconnecting" in line for line in log)
 
 
-def test_stream_over_http_reads_a_served_video_to_its_end(http_server, tmp_path):  # noqa: F811
+def test_stream_over_http_reads_a_served_video_to_its_end(http_server, tmp_path):
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
     for value in range(6):

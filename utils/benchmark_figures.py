@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from models import TRAINABLE_MODEL_NAMES, get_model
 from models.weights import MissingWeightsError, load_model, read_metadata, weights_path
