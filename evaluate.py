@@ -31,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="LFW face-verification benchmark: accuracy +- std over folds (threshold chosen on the "
                     "other folds), ROC AUC, equal error rate, VAL@FAR=1e-3 and the mean threshold, for one "
-                    "or more models. Writes a JSON result and a ROC plot.")
+                    "or more models. Writes a JSON result and a ROC plot. Each Keras model sees faces aligned "
+                    "at the input size its weights were trained at (input_size in the metadata beside them).",
+        epilog="Exit status: 0 done; 2 bad input (missing files, options that do not fit together) or "
+               "results that cannot be written; 130 interrupted.")
     parser.add_argument("--model", nargs="+", required=True, choices=[*MODEL_NAMES, DLIB], metavar="NAME",
                         help=f"one or more of: {', '.join([*MODEL_NAMES, DLIB])} ({DLIB} is dlib's ResNet "
                              "descriptor, computed from the original image and dlib's 68 landmarks)")
@@ -144,15 +147,8 @@ def _store_metadata(args: argparse.Namespace, rows) -> list[str]:
     return stored
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    started = time.perf_counter()
-    try:
-        _check_options(args)
-        rows = _evaluate(args)
-    except (OSError, ValueError) as err:  # missing files and folders, bad protocol files, unreadable images
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _write_results(args: argparse.Namespace, rows, started: float) -> tuple[dict, Path, Path]:
+    """The ROC plot and the JSON record in args.out: (record, JSON path, PNG path)."""
     from utils.metrics import plot_roc_curves
 
     stem = f"lfw_{args.protocol}_{'+'.join(args.model)}" + ("_random_init" if args.random_init else "") + \
@@ -171,7 +167,24 @@ def main(argv: list[str] | None = None) -> int:
     }
     json_path = args.out / f"{stem}.json"
     json_path.write_text(json.dumps(record, indent=2) + "\n")
-    stored = _store_metadata(args, rows)
+    return record, json_path, png
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, write and report; exit status 2 with a message on bad input or unwritable output."""
+    started = time.perf_counter()
+    try:
+        _check_options(args)
+        rows = _evaluate(args)
+    except (OSError, ValueError) as err:  # missing files and folders, bad protocol files, unreadable images
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        record, json_path, png = _write_results(args, rows, started)
+        stored = _store_metadata(args, rows)
+    except (OSError, ValueError) as err:  # unwritable --out or weights folder, damaged metadata
+        print(f"error: cannot write the results: {err}", file=sys.stderr)
+        return 2
 
     print(f"\nLFW {args.protocol}, {args.metric}{', flip' if args.flip else ''}")
     print(_table(rows))
@@ -181,6 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in stored:
         print(f"stored lfw_view2 figures in the metadata of {name}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

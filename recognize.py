@@ -43,7 +43,8 @@ weights/<model>.json by evaluate.py); a model without one needs --threshold.
 "nearest" is the closest person even when the face is unknown.) Messages go to stderr.
 
 Exit status: 0 done; {EXIT_SOURCE_STOPPED} the source stopped delivering frames; {EXIT_SETUP} a setup problem
-(source cannot be opened, missing weights, no threshold, empty gallery); {EXIT_INTERRUPTED} interrupted.
+(source cannot be opened, missing or damaged weights, no threshold, empty gallery, a file or folder
+that cannot be written); {EXIT_INTERRUPTED} interrupted.
 """
 
 
@@ -69,7 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             "image files are always detected one by one)")
     speed.add_argument("--detect-scale", type=float, default=1.0, metavar="F",
                        help="detect on the frame resized by F; alignment always uses the full frame "
-                            "(default 1.0; 0.5 is about 3x faster but finds faces from ~120 px instead of ~80 px)")
+                            "(default 1.0; 0.5 is about 3x faster, but at upsample 0 it finds faces from ~160 px "
+                            "instead of ~80 px)")
     speed.add_argument("--upsample", type=int, nargs="+", default=[0], metavar="N",
                        help="dlib HOG upsample count(s), tried in order until a face is found; 0 finds faces "
                             "from ~80 px, 1 from ~40 px at 4x the cost (default 0)")
@@ -103,6 +105,13 @@ def say(message: str) -> None:
 
 class SetupError(Exception):
     """A problem found before the first frame; the message is for the user."""
+
+
+def os_error_message(err: OSError) -> str:
+    """'<file>: <reason>' for errors the system raised, the message itself for our own."""
+    if err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 def make_aligner(args: argparse.Namespace, output_size: int = 96):
@@ -141,7 +150,7 @@ def load_recognizer(args: argparse.Namespace, detect_every: int):
     if threshold is None:
         try:
             threshold = default_threshold(args.model)
-        except NoThresholdError as err:
+        except (NoThresholdError, ValueError) as err:  # ValueError: damaged weights/<model>.json
             raise SetupError(str(err)) from None
         say(f"threshold {threshold:.3f} (from the LFW View 2 evaluation of {args.model})"
             + ("; it was measured with the default weights, not " + str(args.weights) if args.weights else ""))
@@ -188,7 +197,7 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
     if no_window:
         say(f"no window: {no_window}" + ("" if args.output or args.json else
                                           "; printing who is seen here (or use --output FILE.mp4 / --json)"))
-    sink = FrameSink(args.output, source.fps) if args.output else None
+    sink = FrameSink(args.output, source.fps, source.location) if args.output else None
     draw = show or sink is not None
     log_changes = not (show or sink or args.json)
     last_names: list[str] | None = None
@@ -241,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.enrol:
             return run_enrol(args, source)
         return run_recognition(args, source)
-    except (SetupError, OutputError, FileNotFoundError) as err:
+    except (SetupError, OutputError) as err:
         say(f"error: {err}")
+        return EXIT_SETUP
+    except OSError as err:  # a folder or file that cannot be created, read or written
+        say(f"error: {os_error_message(err)}")
         return EXIT_SETUP
     except SourceError as err:
         say(f"error: {err}")

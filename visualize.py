@@ -9,6 +9,8 @@ With --progress-from CHECKPOINT_DIR it draws one panel per saved epoch instead.
 The 100 benchmark faces (10 LFW people x 10) are copied from LFW on first use
 (python -m utils.benchmark_faces). Training excludes these people, so the
 figures show strangers clustering.
+
+Exit status: 0 done; 2 a figure cannot be drawn (the message says why); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -37,20 +39,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def draw(args: argparse.Namespace) -> int:
+    """Draw the figures; exit status 2 with a message when they cannot be drawn."""
     from utils.benchmark_figures import FigureError, draw_figures
 
     start = time.perf_counter()
     try:
         written = draw_figures(args)
-    except FigureError as err:
+    except (FigureError, OSError) as err:  # OSError: the figures or the JSON cannot be written
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path in written:
         print(f"wrote {path}")
     print(json.dumps({"seconds": round(time.perf_counter() - start, 1)}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return draw(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from utils.paths import WEIGHTS_DIR
 
 # File stems differ from registry names only where the published model has a versioned name.
 _STEMS = {"openface_nn4_small2": "openface_nn4_small2_v1"}
+DEFAULT_INPUT_SIZE, DEFAULT_EMBEDDING_SIZE = 96, 128  # what a model without metadata was built with
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -30,10 +31,29 @@ def metadata_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{_STEMS.get(name, name)}.json"
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A metadata file's contents, {} when there is none; ValueError naming a damaged file."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"model metadata {path} is damaged ({err}); fix or delete it") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"model metadata {path} is damaged (not a JSON object); fix or delete it")
+    return data
+
+
 def read_metadata(name: str) -> dict[str, Any]:
-    """The model's metadata, or an empty dict when it has none yet."""
-    path = metadata_path(name)
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The model's metadata, or an empty dict when it has none yet; ValueError when it is damaged."""
+    return _read_json(metadata_path(name))
+
+
+def weights_metadata(weights: str | Path) -> dict[str, Any]:
+    """The metadata beside a weights file (<stem>.json next to <stem>.weights.h5, as training writes
+    it), or {} when there is none."""
+    path = Path(weights)
+    return _read_json(path.with_name(path.name.removesuffix(".weights.h5") + ".json"))
 
 
 def update_metadata(name: str, **fields: Any) -> Path:
@@ -56,12 +76,27 @@ def _missing_weights_hint(name: str) -> str:
     return f"train it with `python train.py --model {name}` or pass --weights PATH"
 
 
-def load_model(name: str, weights: str | Path | None = None, input_size: int = 96) -> keras.Model:
-    """Build a registry model and load its weights (the default file unless a path is given)."""
+def load_model(name: str, weights: str | Path | None = None, input_size: int | None = None) -> keras.Model:
+    """Build a registry model and load its weights (the default file unless a path is given).
+
+    The input size and embedding size are the ones the weights were trained with, read from the
+    metadata beside the weights file (``input_size``, ``embedding_size``, written by training);
+    96 and 128 when there is none. An explicit input_size wins.
+    """
     path = Path(weights) if weights else weights_path(name)
     if not path.exists():
         raise MissingWeightsError(f"weights file not found: {path} ({_missing_weights_hint(name)})")
-    model = get_model(name, input_size=input_size)
+    if path.is_dir():
+        raise ValueError(f"weights path {path} is a folder, not a weights file")
+    meta = weights_metadata(path)
+    sizes = {"input_size": DEFAULT_INPUT_SIZE, "embedding_size": DEFAULT_EMBEDDING_SIZE}
+    for key, default in sizes.items():
+        sizes[key] = meta.get(key, default)
+        if not isinstance(sizes[key], int) or sizes[key] < 1:
+            raise ValueError(f"the metadata beside {path} gives {key} {sizes[key]!r}, not a positive integer")
+    if input_size is not None:
+        sizes["input_size"] = input_size
+    model = get_model(name, **sizes)
     if name == "openface_nn4_small2":
         from models.openface_weights import load_openface_weights
 

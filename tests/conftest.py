@@ -1,4 +1,4 @@
-"""Shared test fixtures: the datasets in ../shared/data (or $FACE_DATA_DIR)."""
+"""Shared test fixtures: the datasets in ../shared/data (or $FACE_DATA_DIR), and a private cache."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytest_plugins = ["tests.http_fixtures"]  # the loopback HTTP server fixture, http_server
 
 from utils.paths import data_dir, lfw_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory) -> Path:
+    """$FACE_CACHE_DIR for the whole session (and the scripts tests start): aligned faces and
+    descriptors go to a temporary folder, never into the repository's cache/."""
+    path = tmp_path_factory.mktemp("face_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FACE_CACHE_DIR", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

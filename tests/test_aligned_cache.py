@@ -1,7 +1,12 @@
 """The aligned-face cache: builds, keeps no-face images as flagged crops, re-runs incrementally."""
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -9,6 +14,7 @@ from PIL import Image
 
 import utils.aligned_cache as aligned_cache
 from utils.aligned_cache import load_or_build, main
+from utils.paths import REPO_ROOT
 
 PEOPLE = ["Aaron_Eckhart", "Abel_Pacheco", "Aaron_Peirsol"]
 
@@ -84,3 +90,87 @@ def test_command_line_reports_and_errors(dataset, tmp_path, capsys):
     assert "no face detected in 1" in out and "unreadable: Aaron_Eckhart/corrupt.jpg" in out
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_default_cache_path_depends_on_every_setting(tmp_path):
+    base = aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose")
+    assert base == aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [0, 1], "hog")
+    assert aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", 1) == \
+        aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [1])
+    others = {aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [1]),
+              aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [0, 1], "cnn"),
+              aligned_cache.default_cache_path(tmp_path, 128, "outer_eyes_and_nose"),
+              aligned_cache.default_cache_path(tmp_path, 96, "inner_eyes_and_bottom_lip")}
+    assert len(others) == 4 and base not in others
+    assert base.name.startswith(f"{tmp_path.name}-") and "outer_eyes_and_nose-96-" in base.name
+
+
+def test_settings_get_their_own_default_folder(dataset, tmp_path, monkeypatch, counted_alignments):
+    monkeypatch.setenv("FACE_CACHE_DIR", str(tmp_path / "cache"))
+    load_or_build(dataset, workers=1, progress=False)
+    load_or_build(dataset, workers=1, progress=False, upsample=1)
+    counted_alignments.clear()
+    load_or_build(dataset, workers=1, progress=False)  # the upsample=1 build did not replace this one
+    assert counted_alignments == []
+    assert len([p for p in (tmp_path / "cache" / "aligned").iterdir() if p.is_dir()]) == 2
+
+
+def test_progress_false_prints_no_bar(dataset, tmp_path, capsys):
+    load_or_build(dataset, out=tmp_path / "quiet", workers=1, progress=False)
+    assert "aligning" not in capsys.readouterr().err
+    load_or_build(dataset, out=tmp_path / "loud", workers=1, progress=True)
+    assert "aligning faces" in capsys.readouterr().err
+
+
+def test_leftovers_of_a_killed_save_are_cleaned_or_recovered(dataset, tmp_path, counted_alignments):
+    out = tmp_path / "cache"
+    first = load_or_build(dataset, out=out, workers=1, progress=False)
+    # Killed between the two renames of the swap: only <name>.old holds the cache; a temp folder remains.
+    out.rename(tmp_path / "cache.old")
+    (tmp_path / "cache.tmpab12").mkdir()
+    (tmp_path / "cache.tmpab12" / "faces.npy").write_bytes(b"half written")
+    counted_alignments.clear()
+    again = load_or_build(dataset, out=out, workers=1, progress=False)
+    assert counted_alignments == [] and np.array_equal(again.faces, first.faces)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cache")) == ["cache", "cache.lock"]
+
+    (tmp_path / "cache.old").mkdir()  # a stale .old beside a good cache does not block the next swap
+    (tmp_path / "cache.old" / "index.json").write_text("{}")
+    shutil.copy(dataset / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", dataset / "Aaron_Peirsol" / "new.jpg")
+    third = load_or_build(dataset, out=out, workers=1, progress=False)
+    assert "Aaron_Peirsol/new.jpg" in third.paths and not (tmp_path / "cache.old").exists()
+
+
+def test_second_builder_waits_for_the_lock_then_reuses_the_cache(dataset, tmp_path, counted_alignments):
+    out = tmp_path / "cache"
+    results = []
+    with open(tmp_path / "cache.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is building
+        threads = [threading.Thread(target=lambda: results.append(load_or_build(dataset, out=out, workers=1,
+                                                                               progress=False)))
+                   for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        assert all(thread.is_alive() for thread in threads) and counted_alignments == []
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == 2 and np.array_equal(results[0].faces, results[1].faces)
+    assert len(counted_alignments) == len(results[0]) + 1  # every image aligned once (+1 unreadable)
+
+
+def _worker_view() -> tuple[bool, list[int]]:
+    """What a pool worker sees: whether it ignores Ctrl-C, and a module global the parent patched."""
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN, list(aligned_cache.DEFAULT_UPSAMPLE)
+
+
+def test_worker_pool_starts_fresh_processes_that_ignore_ctrl_c(monkeypatch):
+    monkeypatch.setattr(aligned_cache, "DEFAULT_UPSAMPLE", (7,))  # a forked worker would inherit this
+    with aligned_cache.worker_pool(1, os.getpid) as pool:
+        ignores_ctrl_c, upsample = pool.apply(_worker_view)
+    assert ignores_ctrl_c and upsample == [0, 1]
+    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # the parent still handles Ctrl-C
+
+
+def test_tests_keep_their_caches_out_of_the_repository():
+    assert not aligned_cache.cache_dir().resolve().is_relative_to(REPO_ROOT)  # tests/conftest.py redirects it

@@ -24,7 +24,7 @@ from utils.aligned_cache import load_or_build
 from utils.datasets.lfw import MissingImagesError
 from utils.embedding import embed_faces
 from utils.evaluation import evaluate_lfw
-from utils.paths import REPO_ROOT
+from utils.paths import REPO_ROOT, cache_dir
 
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Serena_Williams"]
 BLANK = "Blank_Face"
@@ -254,3 +254,32 @@ def test_cli_random_init_is_reproducible_and_stores_nothing(tiny, tmp_path, rand
     assert not (random_ang / "ang.json").exists()
     code, _, err = run_cli(capsys, "--model", "ang", "--random-init", "--weights", random_ang / "ang.weights.h5")
     assert code == 2 and "--random-init" in err
+
+
+def test_cli_aligns_at_the_input_size_the_weights_were_trained_at(tiny, tmp_path, random_ang, capsys):
+    root, protocol, _ = tiny
+    get_model("ang", input_size=128).save_weights(random_ang / "ang.weights.h5")
+    (random_ang / "ang.json").write_text(json.dumps({"architecture": "ang", "input_size": 128}))
+    code, _, err = run_cli(capsys, "--model", "ang", "--lfw", root, "--pairs-dir", protocol, "--protocol", "view1",
+                           "--workers", 1, "--out", tmp_path / "out")
+    assert code == 0, err
+    aligned = [p.name for p in (cache_dir() / "aligned").iterdir() if p.is_dir()]
+    assert any("-outer_eyes_and_nose-128-" in name for name in aligned), aligned
+
+
+def test_cli_unwritable_output_is_a_clear_error(tiny, tmp_path, random_ang, capsys):
+    root, protocol, _ = tiny
+    (tmp_path / "out").write_text("a file where the results folder should go")
+    code, out, err = run_cli(capsys, "--model", "ang", "--weights", random_ang / "ang.weights.h5", "--lfw", root,
+                             "--pairs-dir", protocol, "--protocol", "view1", "--workers", 1, "--out", tmp_path / "out")
+    assert code == 2 and "cannot write the results" in err and str(tmp_path / "out") in err
+    assert "Traceback" not in err and "JSON:" not in out
+
+
+def test_cli_ctrl_c_exits_130_without_a_traceback(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "_evaluate", interrupted)
+    code, _, err = run_cli(capsys, "--model", "ang", "--protocol", "view1")
+    assert code == 130 and err.strip() == "interrupted"

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from utils.align import FaceAligner
 from utils.gallery import build_gallery, cache_path, check_person_name, list_gallery, model_fingerprint
@@ -209,3 +210,13 @@ def test_default_threshold_comes_from_the_lfw_evaluation(monkeypatch):
                         lambda name: {"lfw_view2": {"threshold": 0.3, "metric": "cosine"}})
     with pytest.raises(NoThresholdError, match="cosine"):
         default_threshold("nn2")
+
+
+def test_every_readable_image_format_is_a_gallery_picture(tmp_path, lfw_root):
+    people = tmp_path / "people"
+    (people / "Colin_Powell").mkdir(parents=True)
+    rgb = read_image(lfw_images(lfw_root, "Colin_Powell", 1)[0])
+    cv2.imwrite(str(people / "Colin_Powell" / "a.tif"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    Image.fromarray(rgb).save(people / "Tony_Blair.gif")
+    assert [(i.person, i.relpath) for i in list_gallery(people)] == [
+        ("Colin_Powell", "Colin_Powell/a.tif"), ("Tony_Blair", "Tony_Blair.gif")]

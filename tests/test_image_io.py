@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from utils.image_io import (EmptyImageError, ImageReadError, NotAnImageError, TruncatedImageError,
-                            decode_image, read_image)
+from utils.image_io import (IMAGE_EXTENSIONS, EmptyImageError, ImageReadError, ImageTooLargeError, NotAnImageError,
+                            TruncatedImageError, decode_image, read_image)
 
 
 def _gradient(h=40, w=30) -> np.ndarray:
@@ -104,3 +105,28 @@ def test_errors_are_value_errors_with_path(tmp_path):
     with pytest.raises(ValueError) as info:
         read_image(tmp_path / "n.png")
     assert info.value.path == str(tmp_path / "n.png")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns before our check
+@pytest.mark.parametrize("limit", [1000, 100])  # 1200 pixels: Pillow's warning zone, then its error zone
+def test_decompression_bomb_is_a_typed_error(tmp_path, monkeypatch, limit):
+    Image.fromarray(_gradient()).save(tmp_path / "big.png")  # 40 x 30 = 1200 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(ImageTooLargeError, match="big.png: image too large"):
+        read_image(tmp_path / "big.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # DecompressionBombWarning raised as an exception
+        with pytest.raises(ImageTooLargeError, match="decompression bomb"):
+            decode_image((tmp_path / "big.png").read_bytes(), "bytes.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1200)
+    assert read_image(tmp_path / "big.png").shape == (40, 30, 3)
+
+
+def test_every_listed_extension_decodes(tmp_path):
+    formats = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".gif": "GIF",
+               ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM", ".pgm": "PPM"}
+    assert set(IMAGE_EXTENSIONS) == set(formats)
+    for suffix, fmt in formats.items():
+        image = Image.fromarray(_gradient())
+        (image.convert("L") if suffix == ".pgm" else image).save(tmp_path / f"f{suffix}", fmt)
+        assert read_image(tmp_path / f"f{suffix}").shape == (40, 30, 3), suffix

@@ -4,6 +4,8 @@ Plus the FLOP counter of models.summary on a hand-computable model and against F
 """
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -169,3 +171,43 @@ def test_summary_table_reports_an_unimportable_model(monkeypatch):
     parameters = 96 * 96 * 3 * 2 + 2  # dense kernel and bias
     assert rows[2] == f"| tiny | {parameters:,} | {parameters:,} | {2 * 96 * 96 * 3 * 2 / 1e9:.3f} |"
     assert rows[3].startswith("| missing | not available: No module named 'models.missing'")
+
+
+# ----------------------------------------------------------------------------- models.weights.load_model
+
+def test_load_model_builds_at_the_size_in_the_metadata_beside_the_weights(tmp_path, monkeypatch):
+    import models.weights as weights
+
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
+    keras.utils.set_random_seed(0)
+    trained = models.get_model("ang", input_size=128)
+    trained.save_weights(tmp_path / "ang.weights.h5")
+    assert weights.load_model("ang").input_shape == (None, 96, 96, 3)  # no metadata: the 96 px default
+    (tmp_path / "ang.json").write_text(json.dumps({"architecture": "ang", "input_size": 128, "embedding_size": 128}))
+    loaded = weights.load_model("ang")
+    assert loaded.input_shape == (None, 128, 128, 3)
+    faces = _faces(2, 128, seed=1)
+    np.testing.assert_allclose(_embed(loaded, faces), _embed(trained, faces), atol=1e-5)
+    assert weights.load_model("ang", input_size=112).input_shape == (None, 112, 112, 3)  # an explicit size wins
+
+    elsewhere = tmp_path / "runs" / "run1.weights.h5"  # a --weights-out file: its metadata is beside it
+    elsewhere.parent.mkdir()
+    trained.save_weights(elsewhere)
+    (tmp_path / "runs" / "run1.json").write_text(json.dumps({"input_size": 160}))
+    assert weights.load_model("ang", elsewhere).input_shape == (None, 160, 160, 3)
+
+
+def test_load_model_and_read_metadata_name_a_damaged_file(tmp_path, monkeypatch):
+    import models.weights as weights
+
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
+    models.get_model("ang").save_weights(tmp_path / "ang.weights.h5")
+    (tmp_path / "ang.json").write_text('{"input_size": 96,')  # cut short
+    for call in (lambda: weights.read_metadata("ang"), lambda: weights.load_model("ang")):
+        with pytest.raises(ValueError, match=r"ang\.json is damaged"):
+            call()
+    (tmp_path / "ang.json").write_text('{"input_size": "large"}')
+    with pytest.raises(ValueError, match="gives input_size 'large', not a positive integer"):
+        weights.load_model("ang")
+    with pytest.raises(ValueError, match="is a folder"):
+        weights.load_model("ang", tmp_path)

@@ -23,7 +23,8 @@ from utils.drawing import UNKNOWN_COLOUR, colour_for, draw_face, draw_fps, label
 from utils.image_io import read_image
 from utils.synthetic_video import FRAME_SIZE, background, face_sprite, sprite_positions, write_moving_faces_video
 from utils.tracking import VideoRecognizer, box_iou, follow_box
-from utils.video_sources import (CameraSource, FrameSink, OutputError, SourceError, StreamSource, open_source)
+from utils.video_sources import (CameraSource, Frame, FrameSink, OutputError, SourceError, StreamSource,
+                                 open_source)
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES_PER_SCENE = 5
@@ -399,3 +400,109 @@ def test_identity_colours_are_stable_and_labels_stay_inside_the_frame():
     draw_fps(frame, 12.3)
     assert (frame == colour_for("Ada")).all(axis=2).any() and (frame == UNKNOWN_COLOUR).all(axis=2).any()
     assert label_text("Ada", 0.4123, True) == "Ada 0.41" and label_text(None, 1.7, False) == "unknown"
+
+
+# --- setup problems handled in main(): exit status 2 (130 for Ctrl-C), a message, no traceback -----
+
+@pytest.fixture()
+def one_image(tmp_path, shared_data) -> Path:
+    image = sorted((shared_data / "five-celebrity" / "val" / "madonna").glob("*.jpg"))[0]
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "madonna.jpg").symlink_to(image)
+    return tmp_path / "photos" / "madonna.jpg"
+
+
+def run_main(capsys, *args) -> tuple[int, str]:
+    code = recognize.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def stub_recognizer(monkeypatch):
+    class NoFaces:
+        def process(self, rgb):
+            return []
+
+    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: NoFaces())
+
+
+def test_damaged_model_metadata_is_a_clear_error(tmp_path, monkeypatch, capsys, one_image):
+    monkeypatch.setattr("models.weights.WEIGHTS_DIR", tmp_path)
+    (tmp_path / "nn2.json").write_text('{"lfw_view2": {"threshold": ')
+    code, err = run_main(capsys, "--source", one_image, "--model", "nn2", "--people", tmp_path, "--no-window")
+    assert code == recognize.EXIT_SETUP and "nn2.json is damaged" in err and "Traceback" not in err
+
+
+def test_weights_folder_is_a_clear_error(tmp_path, capsys, one_image):
+    code, err = run_main(capsys, "--source", one_image, "--model", "nn2", "--weights", tmp_path,
+                         "--threshold", "1.0", "--people", tmp_path, "--no-window")
+    assert code == recognize.EXIT_SETUP and "is a folder, not a weights file" in err
+
+
+def test_enrolling_into_an_unusable_gallery_is_a_clear_error(tmp_path, capsys, one_image):
+    (tmp_path / "people").write_text("a file, not a folder")
+    code, err = run_main(capsys, "--enrol", "Ada", "--source", one_image, "--people", tmp_path / "people")
+    assert code == recognize.EXIT_SETUP and f"{tmp_path / 'people' / 'Ada'}: Not a directory" in err
+
+
+def test_output_folder_that_cannot_be_created_is_a_clear_error(tmp_path, monkeypatch, capsys, one_image):
+    stub_recognizer(monkeypatch)
+    (tmp_path / "taken").write_text("a file")
+    code, err = run_main(capsys, "--source", one_image, "--output", tmp_path / "taken" / "annotated", "--no-window")
+    assert code == recognize.EXIT_SETUP and "cannot create the folder" in err
+
+
+def test_output_into_the_source_folder_is_refused(tmp_path, monkeypatch, capsys, one_image):
+    stub_recognizer(monkeypatch)
+    photos = one_image.parent
+    code, err = run_main(capsys, "--source", photos, "--output", photos, "--no-window")
+    assert code == recognize.EXIT_SETUP and "would overwrite it" in err
+    assert [p.name for p in photos.iterdir()] == ["madonna.jpg"]
+
+
+def test_ctrl_c_exits_130(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recognize, "open_source", interrupted)
+    code, err = run_main(capsys, "--no-window")
+    assert code == recognize.EXIT_INTERRUPTED and err.strip() == "interrupted"
+
+
+def test_frame_sink_folder_keeps_every_picture_and_never_writes_over_its_source(tmp_path):
+    sink = FrameSink(tmp_path / "annotated", None)
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    for frame in (Frame(0, rgb, "ada.png"), Frame(1, rgb + 255, "ada.jpg"), Frame(2, rgb)):
+        sink.write(frame, frame.rgb)
+    sink.close()
+    assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == [
+        "000000_ada.jpg", "000001_ada.jpg", "frame_000002.jpg"]
+    video = tmp_path / "clip.avi"
+    video.write_bytes(b"the user's video")
+    with pytest.raises(OutputError, match="is what --source reads from"):
+        FrameSink(video, 25, source=video)
+    with pytest.raises(OutputError, match="is what --source reads from"):
+        FrameSink(tmp_path / "annotated" / ".." / "annotated", 25, source=tmp_path / "annotated")
+    assert video.read_bytes() == b"the user's video"
+
+
+def test_synthetic_video_writer_is_released_when_writing_fails(tmp_path, monkeypatch):
+    released = []
+
+    class Writer:
+        def __init__(self, *args):
+            pass
+
+        def isOpened(self):
+            return True
+
+        def write(self, frame):
+            pass
+
+        def release(self):
+            released.append(True)
+
+    monkeypatch.setattr("utils.synthetic_video.cv2.VideoWriter", Writer)
+    bad_sprite = np.zeros((40, 40, 4), np.uint8)  # four channels do not fit an RGB frame
+    with pytest.raises(ValueError):
+        write_moving_faces_video(tmp_path / "v.avi", [[bad_sprite]], frames_per_scene=2)
+    assert released == [True]

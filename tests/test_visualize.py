@@ -73,3 +73,65 @@ def test_wrong_paths_give_clear_errors(tmp_path, capsys):
     assert "dataset folder not found" in capsys.readouterr().err
     assert visualize.main(["--faces", str(tmp_path), "--models", "ang", "--progress-from", str(tmp_path),
                            "--out", str(tmp_path)]) == 2
+
+
+TRAINING_METADATA = {
+    "architecture": "ang", "embedding_size": 128, "input_size": 96,
+    "training": {"wall_hours": 1.52, "hardware": "AMD EPYC (2 cores)", "images_seen": 640_000,
+                 "best_validation": {"val_accuracy": 0.79, "val_auc": 0.87, "epoch": 5.0}},
+    "lfw_view2": {"accuracy": 0.8123, "accuracy_std": 0.0151, "auc": 0.88, "threshold": 1.05},
+}
+
+
+@pytest.fixture()
+def weights_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr("models.weights.WEIGHTS_DIR", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    return tmp_path / "weights"
+
+
+def test_trained_panel_reports_the_training_record(reduced_faces, tmp_path, weights_dir):
+    keras.utils.set_random_seed(1)
+    get_model("ang").save_weights(weights_dir / "ang.weights.h5")
+    (weights_dir / "ang.json").write_text(json.dumps(TRAINING_METADATA))
+    out = tmp_path / "results"
+    assert visualize.main(["--faces", str(reduced_faces), "--models", "ang", "--no-openface", "--out", str(out)]) == 0
+    trained = json.loads((out / "visualize_metrics.json").read_text())["models"]["ang"]["trained"]
+    assert trained["title"] == "ang: trained 1.5 h on AMD EPYC (2 cores), 640k images"
+    assert trained["lines"] == ["LFW View 1 accuracy 0.790", "LFW View 2 0.812 ± 0.015"]
+    assert 0.0 <= trained["loo_1nn_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("damage, message", [
+    ({"ang.weights.h5": b"not an HDF5 file"}, "cannot load weights"),
+    ({"ang.json": b'{"input_size": 9'}, "ang.json is damaged"),
+])
+def test_damaged_weights_or_metadata_give_a_clear_error(reduced_faces, tmp_path, weights_dir, capsys, damage,
+                                                        message):
+    get_model("ang").save_weights(weights_dir / "ang.weights.h5")
+    for name, data in damage.items():
+        (weights_dir / name).write_bytes(data)
+    code = visualize.main(["--faces", str(reduced_faces), "--models", "ang", "--no-openface", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("broken", ["ensure_lfw", "fill_benchmark_faces"])
+def test_benchmark_faces_that_cannot_be_filled_give_a_clear_error(tmp_path, monkeypatch, capsys, lfw_root, broken):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "benchmark_faces/Ariel_Sharon")
+
+    monkeypatch.setattr("utils.benchmark_figures.ensure_lfw", lambda root=None: lfw_root)
+    monkeypatch.setattr(f"utils.benchmark_figures.{broken}", refuse)
+    assert visualize.main(["--models", "ang", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot fill benchmark_faces/" in err and "Permission denied" in err and "Traceback" not in err
+
+
+def test_ctrl_c_exits_130(monkeypatch, capsys, tmp_path):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("utils.benchmark_figures.draw_figures", interrupted)
+    assert visualize.main(["--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

@@ -8,7 +8,9 @@ Layout of a cache folder::
 
 Images where dlib finds no face are kept as a centre crop with detected=False
 (evaluation must not drop them; training skips them). Unreadable files are
-listed and left out. A re-run aligns only new or changed images.
+listed and left out. A re-run aligns only new or changed images. Each setting
+(size, landmarks, upsample levels, detector) has its own folder, and a lock file
+beside it makes a second process wait for the first one's build, then reuse it.
 
 Command line: ``python -m utils.aligned_cache DATASET_DIR [--out DIR]``.
 """
@@ -18,21 +20,30 @@ import argparse
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows: caches are not locked there
+    fcntl = None
 
 import numpy as np
 from tqdm import tqdm
 
 from utils.align import FaceAligner, centre_crop
-from utils.image_io import ImageReadError, read_image
+from utils.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
 from utils.paths import cache_dir
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_UPSAMPLE = (0, 1)  # upsample 0 finds LFW-sized faces 4x faster; 1 catches the rest
 FORMAT_VERSION = 1
 
@@ -73,18 +84,43 @@ def list_images(root: Path) -> list[str]:
                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def default_cache_path(root: Path, output_size: int, landmarks: str) -> Path:
-    """cache/aligned/<dataset name>-<hash of its path>-<landmarks>-<size>."""
+def alignment_settings(output_size: int = 96, landmarks: str = "outer_eyes_and_nose",
+                       upsample: int | Sequence[int] | None = DEFAULT_UPSAMPLE, detector: str = "hog") -> dict:
+    """The settings a cache is built with, as stored in its index.json."""
+    levels = DEFAULT_UPSAMPLE if upsample is None else ([upsample] if isinstance(upsample, int) else upsample)
+    return {"output_size": output_size, "landmarks": landmarks, "upsample": [int(n) for n in levels],
+            "detector": detector}
+
+
+def default_cache_path(root: Path, output_size: int, landmarks: str,
+                       upsample: int | Sequence[int] | None = DEFAULT_UPSAMPLE, detector: str = "hog") -> Path:
+    """cache/aligned/<dataset name>-<hash of its path>-<landmarks>-<size>-<hash of all settings>."""
+    root = Path(root)
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
-    return cache_dir() / "aligned" / f"{root.name}-{digest}-{landmarks}-{output_size}"
+    settings = json.dumps(alignment_settings(output_size, landmarks, upsample, detector), sort_keys=True)
+    settings_digest = hashlib.sha1(settings.encode()).hexdigest()[:6]
+    return cache_dir() / "aligned" / f"{root.name}-{digest}-{landmarks}-{output_size}-{settings_digest}"
 
 
-# --- worker side -------------------------------------------------------------------------
+# --- worker processes ----------------------------------------------------------------------
+
+def _start_worker(initializer: Callable[..., None], initargs: tuple) -> None:
+    """Pool initializer: Ctrl-C is handled once, by the parent (which then ends the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    initializer(*initargs)
+
+
+def worker_pool(workers: int, initializer: Callable[..., None], initargs: tuple = ()) -> multiprocessing.pool.Pool:
+    """A process pool of fresh interpreters ("spawn": forking a process whose TensorFlow threads
+    are running can deadlock). initializer and the mapped function must be module-level."""
+    context = multiprocessing.get_context("spawn")
+    return context.Pool(workers, initializer=_start_worker, initargs=(initializer, initargs))
+
 
 _worker_aligner: FaceAligner | None = None
 
 
-def _init_worker(settings: dict) -> None:
+def _init_worker(settings: dict[str, Any]) -> None:
     global _worker_aligner
     _worker_aligner = FaceAligner(**settings)
 
@@ -108,15 +144,16 @@ def _align_one(path: str) -> tuple[str, np.ndarray | None, bool, np.ndarray, np.
     return path, face, True, box, points.astype(np.float32), None
 
 
-def _align_many(files: Sequence[str], settings: dict, workers: int, desc: str) -> Iterator[tuple]:
+def _align_many(files: Sequence[str], settings: dict, workers: int, desc: str,
+                progress: bool = True) -> Iterator[tuple]:
     """Align files in a process pool (or in this process for one worker), in order."""
+    bar = dict(total=len(files), desc=desc, unit="img", disable=not progress)
     if workers <= 1:
         _init_worker(settings)
-        yield from tqdm(map(_align_one, files), total=len(files), desc=desc, unit="img")
+        yield from tqdm(map(_align_one, files), **bar)
         return
-    context = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
-        yield from tqdm(pool.imap(_align_one, files, chunksize=16), total=len(files), desc=desc, unit="img")
+    with worker_pool(workers, _init_worker, (settings,)) as pool:
+        yield from tqdm(pool.imap(_align_one, files, chunksize=16), **bar)
 
 
 # --- cache files ---------------------------------------------------------------------------
@@ -129,52 +166,94 @@ def _stat_key(path: Path) -> list[int]:
 def _load(folder: Path, root: Path) -> tuple[dict, AlignedFaces] | None:
     try:
         index = json.loads((folder / "index.json").read_text())
-        arrays = np.load(folder / "arrays.npz")
+        with np.load(folder / "arrays.npz") as arrays:
+            detected, boxes, landmarks = arrays["detected"], arrays["boxes"], arrays["landmarks"]
         faces = np.load(folder / "faces.npy")
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     if index.get("version") != FORMAT_VERSION or len(faces) != len(index["paths"]):
         return None
-    return index, AlignedFaces(root, faces, index["paths"], arrays["detected"], arrays["boxes"],
-                               arrays["landmarks"], index.get("unreadable", []))
+    return index, AlignedFaces(root, faces, index["paths"], detected, boxes, landmarks,
+                               index.get("unreadable", []))
+
+
+def _old(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".old")
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on <folder>.lock: one process builds a cache at a time.
+    Where the lock file cannot be created (a read-only cache), go on unlocked."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(folder.with_name(folder.name + ".lock"), "a")
+    except OSError:
+        yield
+        return
+    with lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            except OSError:  # a file system without locks
+                pass
+        yield
+
+
+def _recover(folder: Path) -> None:
+    """Under the lock: undo what a killed _save left (a half-done swap, unfinished temp folders)."""
+    if not folder.exists() and _old(folder).is_dir():
+        os.replace(_old(folder), folder)
+    shutil.rmtree(_old(folder), ignore_errors=True)
+    if folder.parent.is_dir():
+        for stale in folder.parent.iterdir():
+            if stale.name.startswith(folder.name + ".tmp") and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _save(folder: Path, index: dict, data: AlignedFaces) -> None:
-    """Write all three files into a temp folder, then swap it in (a kill leaves the old cache)."""
+    """Write all three files into a temp folder, then swap it in (a kill leaves the old cache).
+    Call under _locked(folder), after _recover(folder)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
-    tmp.chmod(0o755)
-    np.save(tmp / "faces.npy", data.faces)
-    np.savez(tmp / "arrays.npz", detected=data.detected, boxes=data.boxes, landmarks=data.landmarks)
-    (tmp / "index.json").write_text(json.dumps(index))
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old.exists():
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+    try:
+        tmp.chmod(0o755)
+        np.save(tmp / "faces.npy", data.faces)
+        np.savez(tmp / "arrays.npz", detected=data.detected, boxes=data.boxes, landmarks=data.landmarks)
+        (tmp / "index.json").write_text(json.dumps(index))
+        if folder.exists():
+            os.replace(folder, _old(folder))
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only still there when writing failed
+    shutil.rmtree(_old(folder), ignore_errors=True)
 
 
 def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str = "outer_eyes_and_nose",
                   out: str | Path | None = None, workers: int | None = None,
-                  upsample: int | Sequence[int] = DEFAULT_UPSAMPLE, detector: str = "hog",
+                  upsample: int | Sequence[int] | None = DEFAULT_UPSAMPLE, detector: str = "hog",
                   progress: bool = True) -> AlignedFaces:
-    """Aligned faces of every image under dataset_dir, aligning only what is new or changed."""
+    """Aligned faces of every image under dataset_dir, aligning only what is new or changed.
+
+    Another process building the same cache folder is waited for, and its result reused.
+    """
     root = Path(dataset_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
-    folder = Path(out) if out else default_cache_path(root, output_size, landmarks)
-    settings = {"output_size": output_size, "landmarks": landmarks,
-                "upsample": list(DEFAULT_UPSAMPLE if upsample is None else
-                                 ([upsample] if isinstance(upsample, int) else upsample)),
-                "detector": detector}
+    folder = Path(out) if out else default_cache_path(root, output_size, landmarks, upsample, detector)
+    settings = alignment_settings(output_size, landmarks, upsample, detector)
     files = list_images(root)
     if not files:
-        raise FileNotFoundError(f"no images (.jpg, .png, .bmp, .webp) under {root}")
-    stats = {f: _stat_key(root / f) for f in files}
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    with _locked(folder):
+        return _update(root, folder, settings, files, workers, progress)
 
+
+def _update(root: Path, folder: Path, settings: dict, files: list[str], workers: int | None,
+            progress: bool) -> AlignedFaces:
+    """load_or_build under the cache's lock."""
+    _recover(folder)
+    stats = {f: _stat_key(root / f) for f in files}
     previous = _load(folder, root)
     kept: dict[str, int] = {}
     if previous and previous[0]["settings"] == settings:
@@ -193,8 +272,8 @@ def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str
     if todo:
         workers = workers or os.cpu_count() or 1
         for path, face, detected, box, points, error in _align_many(
-                [str(root / f) for f in todo], settings, min(workers, len(todo)),
-                desc=f"aligning {root.name}" if progress else None):
+                [str(root / f) for f in todo], settings, min(workers, len(todo)), f"aligning {root.name}",
+                progress):
             rel = Path(path).relative_to(root).as_posix()
             if error:
                 unreadable.append(rel)
@@ -242,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load_or_build(args.dataset, args.size, args.landmarks, args.out, args.workers,
                              args.upsample, args.detector)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    folder = args.out or default_cache_path(args.dataset, args.size, args.landmarks)
+    except KeyboardInterrupt:  # the pool's workers ignore Ctrl-C and are ended with it
+        print("interrupted", file=sys.stderr)
+        return 130
+    folder = args.out or default_cache_path(args.dataset, args.size, args.landmarks, args.upsample, args.detector)
     no_face = [p for p, d in zip(data.paths, data.detected) if not d]
     print(f"{len(data)} images in {folder}; no face detected in {len(no_face)} (kept as centre crops); "
           f"{len(data.unreadable)} unreadable")

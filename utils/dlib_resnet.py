@@ -9,9 +9,7 @@ face was detected get landmarks from the shape predictor run on the centre squar
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.align import CENTRE_CROP_DROP, CENTRE_CROP_FRACTION
-from utils.aligned_cache import AlignedFaces
+from utils.aligned_cache import AlignedFaces, worker_pool
 from utils.dlib_models import LANDMARKS_68, RESNET_DESCRIPTOR, dlib_model_path
 from utils.image_io import read_image
 from utils.paths import cache_dir
@@ -76,8 +74,7 @@ def _describe_many(jobs: list[tuple], workers: int, progress: bool) -> Iterator[
         _init_worker()
         yield from tqdm(map(_describe, jobs), **bar)
         return
-    context = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
-    with context.Pool(workers, initializer=_init_worker) as pool:
+    with worker_pool(workers, _init_worker) as pool:
         yield from tqdm(pool.imap(_describe, jobs, chunksize=8), **bar)
 
 

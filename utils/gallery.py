@@ -23,9 +23,8 @@ import cv2
 import numpy as np
 
 from utils.align import FaceAligner
-from utils.image_io import ImageReadError, decode_image
+from utils.image_io import IMAGE_EXTENSIONS, ImageReadError, decode_image
 
-GALLERY_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 GALLERY_UPSAMPLE = (0, 1)  # gallery photos are few: also look for small faces
 MAX_SIDE = 1280  # larger photos are shrunk before detection (the face stays far above 96 px)
 CACHE_VERSION = 1
@@ -63,7 +62,7 @@ class Gallery:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in GALLERY_EXTENSIONS and not path.name.startswith(".")
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def list_gallery(people_dir: str | Path) -> list[GalleryImage]:

@@ -9,6 +9,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 Image.MAX_IMAGE_PIXELS = 200_000_000  # large photos are fine; decompression bombs are not
 
+# Every file suffix read_image decodes; the one list that dataset scanners, the gallery and
+# image-folder sources filter on.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
 
 class ImageReadError(ValueError):
     """An image could not be read; ``path`` names the file."""
@@ -28,6 +32,10 @@ class TruncatedImageError(ImageReadError):
 
 class NotAnImageError(ImageReadError):
     """The file is not in any image format we can decode."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """The image has more pixels than ``Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb)."""
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:
@@ -51,9 +59,17 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 def _decode(stream: io.BytesIO | Path, name: str | Path) -> np.ndarray:
     try:
         with Image.open(stream) as image:
+            pixels = image.width * image.height
+            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                # Pillow only warns between the limit and twice the limit: refuse those too, before decoding.
+                raise Image.DecompressionBombError(
+                    f"{pixels:,} pixels, more than the limit of {Image.MAX_IMAGE_PIXELS:,}")
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb8(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # From the check above, or from Image.open itself (past twice the limit, or warnings as errors).
+        raise ImageTooLargeError(name, f"image too large, possible decompression bomb ({err})") from None
     except UnidentifiedImageError:
         raise NotAnImageError(name, "not a readable image (JPEG, PNG, BMP, WebP, TIFF, GIF)") from None
     except (OSError, SyntaxError, ValueError) as err:

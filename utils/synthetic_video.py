@@ -13,6 +13,7 @@ FRAME_SIZE = (640, 480)
 SPRITE_MARGIN = 2.0  # sprite side in face-box sides
 STEP_PX = 32  # how far a face moves per frame
 
+
 def background(seed: int = 0) -> np.ndarray:
     """A smooth, textured 640x480 RGB background."""
     coarse = np.random.default_rng(seed).integers(40, 215, (12, 16, 3), dtype=np.uint8)
@@ -55,18 +56,20 @@ def write_moving_faces_video(path: Path, scenes: list[list[np.ndarray]], frames_
     """Write scenes (each a list of sprites shown together) as a 640x480 MJPG/mp4v video; returns frames."""
     fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v"))
     writer = cv2.VideoWriter(str(path), fourcc, fps, FRAME_SIZE)
-    if not writer.isOpened():
-        raise OSError(f"cannot write {path}")
-    frames = 0
-    for number, sprites in enumerate(scenes):
-        base = background(number)
-        for k in range(frames_per_scene):
-            frame = base.copy()
-            for sprite, (x, y) in zip(sprites, sprite_positions(len(sprites), sprites[0].shape[0], k)):
-                h = min(sprite.shape[0], FRAME_SIZE[1] - y)
-                w = min(sprite.shape[1], FRAME_SIZE[0] - x)
-                frame[y:y + h, x:x + w] = sprite[:h, :w]
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-            frames += 1
-    writer.release()
+    try:
+        if not writer.isOpened():
+            raise OSError(f"cannot write {path}")
+        frames = 0
+        for number, sprites in enumerate(scenes):
+            base = background(number)
+            for k in range(frames_per_scene):
+                frame = base.copy()
+                for sprite, (x, y) in zip(sprites, sprite_positions(len(sprites), sprites[0].shape[0], k)):
+                    h = min(sprite.shape[0], FRAME_SIZE[1] - y)
+                    w = min(sprite.shape[1], FRAME_SIZE[0] - x)
+                    frame[y:y + h, x:x + w] = sprite[:h, :w]
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+                frames += 1
+    finally:
+        writer.release()
     return frames

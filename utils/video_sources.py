@@ -9,8 +9,8 @@
 - an image file, or a folder of images (sorted by name; unreadable ones reported and skipped).
 
 Problems come out as :class:`SourceError` with a message meant for the user. Sinks:
-``FrameSink`` writes a video file (by extension) or a folder of JPEGs; ``window_unavailable()``
-says why no OpenCV window can be shown.
+``FrameSink`` writes a video file (by extension) or a folder of JPEGs (never over the source
+it reads from); ``window_unavailable()`` says why no OpenCV window can be shown.
 """
 from __future__ import annotations
 
@@ -26,9 +26,8 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from utils.image_io import ImageReadError, read_image
+from utils.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 CAMERA_FAILED_READS = 30  # consecutive failed reads before a camera counts as stopped
@@ -79,6 +78,7 @@ class FrameSource:
     description: str = ""
     fps: float | None = None
     stills: bool = False  # frames are unrelated pictures (image files): nothing to follow between them
+    location: Path | None = None  # the video file, image file or image folder read (None: camera, stream)
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -131,7 +131,7 @@ class VideoFileSource(FrameSource):
     """A video file, read to its end."""
 
     def __init__(self, path: Path, opener: Callable[[str], Capture] = cv2.VideoCapture):
-        self.description = str(path)
+        self.description, self.location = str(path), path
         self._capture = opener(str(path))
         if not self._capture.isOpened():
             self._capture.release()
@@ -216,8 +216,8 @@ class ImageFilesSource(FrameSource):
 
     stills = True
 
-    def __init__(self, paths: list[Path], description: str, log: Log = _stderr):
-        self.description, self._paths, self._log = description, paths, log
+    def __init__(self, paths: list[Path], description: str, log: Log = _stderr, location: Path | None = None):
+        self.description, self._paths, self._log, self.location = description, paths, log, location
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0
@@ -260,14 +260,14 @@ def open_source(spec: str, log: Log = _stderr, retries: int = 5) -> FrameSource:
                         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
         if not images:
             raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
-        return ImageFilesSource(images, f"{len(images)} images in {path}", log=log)
+        return ImageFilesSource(images, f"{len(images)} images in {path}", log=log, location=path)
     if not path.exists():
         raise SourceError(f"no such file or folder: {path} (--source takes a camera index such as 0, "
                           f"a video or image file, a folder of images, or an rtsp:// or http:// URL)")
     if not os.access(path, os.R_OK):
         raise SourceError(f"cannot read {path}: permission denied")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageFilesSource([path], str(path), log=log)
+        return ImageFilesSource([path], str(path), log=log, location=path)
     return VideoFileSource(path)
 
 
@@ -289,31 +289,45 @@ def window_unavailable() -> str | None:
     return None
 
 
+def _same_place(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
 class FrameSink:
     """Writes RGB frames to a video file (.mp4, .avi, ... chosen by extension) or a folder of JPEGs.
 
-    A video takes the size of its first frame (later frames of another size are resized).
+    A video takes the size of its first frame (later frames of another size are resized). In a
+    folder, frames of a video are frame_000000.jpg, ...; pictures keep their name behind their
+    frame number (000003_ada.jpg), so ada.png and ada.jpg do not overwrite each other. The
+    source's own file or folder (``source``) is refused as the target.
     """
 
-    def __init__(self, target: Path, fps: float | None):
+    def __init__(self, target: Path, fps: float | None, source: Path | None = None):
         self.target = target
         self.fps = fps or 25.0
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         self.is_video = target.suffix.lower() in VIDEO_EXTENSIONS
+        if source is not None and _same_place(target, source):
+            raise OutputError(f"--output {target} is what --source reads from: the annotated frames would "
+                              f"overwrite it; choose another {'file' if self.is_video else 'folder'}")
         if not self.is_video:
             if target.suffix:
                 raise OutputError(f"--output {target}: use a video file ending in "
                                   f"{', '.join(VIDEO_EXTENSIONS)} or a folder name")
-            target.mkdir(parents=True, exist_ok=True)
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OutputError(f"--output {target}: cannot create the folder ({err.strerror or err})") from None
         elif not target.parent.is_dir():
             raise OutputError(f"--output {target}: folder {target.parent} does not exist")
 
     def write(self, frame: Frame, rgb: np.ndarray) -> None:
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         if not self.is_video:
-            stem = Path(frame.name).stem if frame.name else f"frame_{frame.index:06d}"
-            cv2.imwrite(str(self.target / f"{stem}.jpg"), bgr)
+            name = f"{frame.index:06d}_{Path(frame.name).stem}.jpg" if frame.name else f"frame_{frame.index:06d}.jpg"
+            if not cv2.imwrite(str(self.target / name), bgr):
+                raise OutputError(f"cannot write {self.target / name} (folder not writable, or disk full)")
             return
         if self._writer is None:
             self._size = (bgr.shape[1], bgr.shape[0])
