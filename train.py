@@ -22,7 +22,10 @@ weights, so give --checkpoint-dir on a shared file system if you want to --resum
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from utils.paths import REPO_ROOT
@@ -35,21 +38,55 @@ sampled with replacement. Identities are namespaced per dataset.
 
 Every epoch writes <log-dir>/metrics.csv, <log-dir>/training_curves.png, TensorBoard events in
 <log-dir>/tensorboard and a checkpoint in <checkpoint-dir>. Exit codes: 0 done or time budget
-reached, 2 bad input, 3 NaN loss, 4 collapse (all embeddings at one point), 130 stopped by a
-signal (checkpoint written)."""
+reached, 2 bad input or an unwritable output folder, 3 NaN loss, 4 collapse (all embeddings at
+one point), 130 stopped by Ctrl-C or SIGTERM (during the training steps: after a checkpoint)."""
+MIN_IMAGE_SIZE = 96  # the smallest input the architectures take (models.blocks.face_input)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def float_above(minimum: float, inclusive: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number > minimum (>= with inclusive)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} {minimum:g}, "
+                                             f"got {text}")
+        return value
+    return parse
+
+
+def weights_file(text: str) -> Path:
+    """An argparse type: a path ending in .weights.h5 (what Keras' save_weights writes)."""
+    if not text.endswith(".weights.h5"):
+        raise argparse.ArgumentTypeError(f"must end with .weights.h5, got {text}")
+    return Path(text)
+
+
+def shown(path: str) -> str:
+    """A path relative to the repository when it is inside it."""
+    return str(Path(path).relative_to(REPO_ROOT)) if Path(path).is_relative_to(REPO_ROOT) else Path(path).name
 
 
 def build_parser() -> argparse.ArgumentParser:
     from models import TRAINABLE_MODEL_NAMES
+    from utils.training import STRATEGIES
+    from utils.training_data import default_data, default_exclusions
     from utils.triplet_loss import MINING
-    from utils.training import STRATEGIES, default_data, default_exclusions
 
     p = argparse.ArgumentParser(prog="python train.py", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,31 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-people", action="append", metavar="FILE", default=[],
                    help="also leave out the people in FILE (an LFW people file, or one Name or "
                         "Name/image.jpg per line); may repeat. Always excluded: "
-                        + " and ".join(Path(f).name for f in default_exclusions()))
-    p.add_argument("--min-images", type=positive_int, default=2,
+                        + " and ".join(shown(f) for f in default_exclusions()))
+    p.add_argument("--min-images", type=int_at_least(1), default=2,
                    help="leave out identities with fewer detected faces (default 2)")
-    p.add_argument("--epochs", type=positive_int, default=50, help="epochs to train (default 50)")
-    p.add_argument("--steps-per-epoch", type=positive_int, default=100,
+    p.add_argument("--epochs", type=int_at_least(1), default=50, help="epochs to train (default 50)")
+    p.add_argument("--steps-per-epoch", type=int_at_least(1), default=100,
                    help="steps between validations (default 100)")
-    p.add_argument("--batch-identities", type=positive_int, default=32, metavar="P",
-                   help="identities per batch (default 32)")
-    p.add_argument("--images-per-identity", type=positive_int, default=4, metavar="K",
-                   help="images per identity (default 4)")
-    p.add_argument("--margin", type=float, default=0.2,
+    p.add_argument("--batch-identities", type=int_at_least(2), default=32, metavar="P",
+                   help="identities per batch, at least 2 (default 32)")
+    p.add_argument("--images-per-identity", type=int_at_least(2), default=4, metavar="K",
+                   help="images per identity, at least 2 (default 4)")
+    p.add_argument("--margin", type=float_above(0.0, inclusive=True), default=0.2,
                    help="triplet margin on squared L2 distances (default 0.2)")
     p.add_argument("--mining", choices=list(MINING), default="semi-hard",
                    help="semi-hard (FaceNet; default: it learns from scratch where batch-hard collapsed), "
                         "batch-hard (Hermans et al.) or all (every active triplet)")
     p.add_argument("--soft-margin", action="store_true", help="softplus(d_ap - d_an) instead of the hinge")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--image-size", type=positive_int, default=96, help="input size in pixels (default 96)")
-    p.add_argument("--weights-out", type=Path, help="best weights file (default weights/<model>.weights.h5; "
-                                                     "metadata goes beside it as .json)")
+    p.add_argument("--lr", type=float_above(0.0), default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--image-size", type=int_at_least(MIN_IMAGE_SIZE), default=96,
+                   help=f"input size in pixels, at least {MIN_IMAGE_SIZE} (default 96)")
+    p.add_argument("--weights-out", type=weights_file,
+                   help="best weights file, *.weights.h5 (default weights/<model>.weights.h5; "
+                        "metadata goes beside it as .json)")
     p.add_argument("--checkpoint-dir", type=Path, help="default checkpoints/<model>")
     p.add_argument("--log-dir", type=Path, help="CSV, PNG and TensorBoard logs (default runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, batches and augmentation (default 0)")
-    p.add_argument("--time-budget", type=float, metavar="HOURS",
+    p.add_argument("--time-budget", type=float_above(0.0), metavar="HOURS",
                    help="stop (after validating and checkpointing) once this much wall time is spent")
     p.add_argument("--strategy", choices=STRATEGIES, default="default",
                    help="default: one device; mirrored: all local GPUs; multiworker: several machines "
@@ -94,16 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augmentation", action="store_true", help="train on the aligned faces as they are")
     p.add_argument("--no-validation", action="store_true",
                    help="skip LFW View 1 after each epoch (the latest weights are kept instead of the best)")
-    p.add_argument("--collapse-patience", type=int, default=50,
+    p.add_argument("--collapse-patience", type=int_at_least(0), default=50,
                    help="stop after this many collapsed steps in a row; 0 never stops (default 50)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def train(args: argparse.Namespace) -> int:
+    """Run training as the arguments say; returns the exit code (2 with a message for bad input)."""
     from models.weights import weights_path
-    from utils.datasets.folders import DatasetError
-    from utils.training import TrainConfig, TrainingError, default_exclusions, run
+    from utils.training import TrainConfig, TrainingError, run
+    from utils.training_data import default_exclusions
 
     config = TrainConfig(
         model=args.model, data=[str(Path(d).resolve()) for d in args.data],
@@ -119,9 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         collapse_patience=args.collapse_patience, resume=args.resume)
     try:
         return run(config, validation=not args.no_validation)
-    except (TrainingError, DatasetError, FileNotFoundError, ValueError) as err:
+    except (TrainingError, ValueError, OSError) as err:  # DatasetError, ResumeError: ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C
+    try:
+        return train(build_parser().parse_args(argv))
+    except KeyboardInterrupt:  # the training steps catch both signals themselves and checkpoint
+        print("\ninterrupted outside the training steps: nothing was lost (the latest checkpoint, if any, "
+              "is intact; --resume continues from it)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

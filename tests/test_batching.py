@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils.batching import PKSampler, TrainingFaces, augment, pool_datasets, replica_slice, training_dataset
+from utils.batching import (
+    PKSampler,
+    TrainingFaces,
+    augment,
+    pool_datasets,
+    replica_slice,
+    training_dataset,
+)
 
 
 def dataset(counts: dict[str, int], size: int = 8, undetected: frozenset[int] = frozenset(), seed: int = 0):
@@ -16,7 +23,8 @@ def dataset(counts: dict[str, int], size: int = 8, undetected: frozenset[int] = 
     identities = [name for name, n in counts.items() for _ in range(n)]
     faces = np.random.default_rng(seed).integers(0, 256, (len(identities), size, size, 3), dtype=np.uint8)
     detected = np.array([i not in undetected for i in range(len(identities))])
-    return SimpleNamespace(identities=identities, faces=faces, detected=detected)
+    paths = [f"{name}/{name}_{i:04d}.jpg" for i, name in enumerate(identities)]
+    return SimpleNamespace(identities=identities, faces=faces, detected=detected, paths=paths)
 
 
 def uneven_pool(identities: int = 13, seed: int = 0) -> TrainingFaces:
@@ -57,7 +65,7 @@ def test_each_pass_visits_every_identity_once_in_a_new_order():
     orders = []
     for first in (0, 3, 6):
         order = [pool.labels[sampler.batch(step)][::2].tolist() for step in range(first, first + 3)]
-        flat = sum(order, [])
+        flat = [label for batch in order for label in batch]
         assert sorted(flat) == list(range(12))
         orders.append(flat)
     assert orders[0] != orders[1] != orders[2]
@@ -86,10 +94,26 @@ def test_pooling_namespaces_identities_and_drops_undetected_excluded_and_rare():
     assert pool.names == ["lfw/Ann", "celeba/8", "celeba/Ann"]  # two Anns stay apart; Bob has 1 detected
     np.testing.assert_array_equal(pool.labels, [0, 0, 0, 2, 2, 1, 1, 1])
     np.testing.assert_array_equal(pool.faces, np.concatenate([lfw.faces[:3], other.faces[[0, 1, 3, 4, 5]]]))
+    assert pool.paths[:3] == [f"lfw/Ann/Ann_{i:04d}.jpg" for i in range(3)]
+    assert pool.paths[3] == "celeba/Ann/Ann_0000.jpg"
     with pytest.raises(ValueError, match="after excluding 2 people"):
         pool_datasets({"lfw": lfw}, exclude={"Ann", "Cid"})
     with pytest.raises(ValueError, match="differ in size"):
         pool_datasets({"a": lfw, "b": dataset({"X": 2}, size=10)})
+
+
+def test_fingerprint_tells_pools_of_equal_size_apart():
+    counts = {"Ann": 3, "Bob": 2, "Cid": 4}
+    pool = pool_datasets({"lfw": dataset(counts)})
+    assert pool.fingerprint() == pool_datasets({"lfw": dataset(counts, seed=1)}).fingerprint()  # paths, not pixels
+    renamed = pool_datasets({"lfw": dataset({"Ann": 3, "Bob": 2, "Dan": 4})})
+    other_source = pool_datasets({"celeba": dataset(counts)})
+    assert (len(renamed), renamed.num_identities) == (len(pool), pool.num_identities)
+    assert len({pool.fingerprint(), renamed.fingerprint(), other_source.fingerprint()}) == 3
+    moved = TrainingFaces(pool.faces, pool.labels, pool.names, pool.paths[1:] + pool.paths[:1])
+    assert moved.fingerprint() != pool.fingerprint()  # same images, other rows: other batches
+    with pytest.raises(ValueError, match="paths"):
+        TrainingFaces(pool.faces, pool.labels, pool.names, pool.paths[1:])
 
 
 def test_dataset_yields_float_faces_and_labels_of_the_sampled_rows():

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,16 +23,19 @@ import pytest
 
 from models.layers import L2Normalize
 from utils.batching import TrainingFaces
+from utils.checkpoints import Checkpoints, ResumeError, TrainState
 from utils.metrics import DEFAULT_THRESHOLDS, pair_distances, train_test_verification
 from utils.paths import REPO_ROOT
-from utils.training import (EXIT_CODES, Checkpoints, TrainConfig, TrainingError, fit, metadata_writer,
-                            read_people_file)
+from utils.training import EXIT_CODES, TrainConfig, fit
+from utils.training_data import read_people_file
+from utils.training_metadata import metadata_writer
 
 SIZE = 32
 
 
-def synthetic_faces(identities: int, images: int, seed: int) -> TrainingFaces:
-    """Identity i: a smooth random colour pattern; its images: shifted, noisy crops of it."""
+def synthetic_faces(identities: int, images: int, seed: int, source: str = "syn") -> TrainingFaces:
+    """Identity i: a smooth random colour pattern; its images: shifted, noisy crops of it,
+    named <source>/<i>/<j>.png."""
     rng = np.random.default_rng(seed)
     patterns = np.kron(rng.uniform(-1, 1, size=(identities, 4, 4, 3)), np.ones((1, 12, 12, 1)))  # 48 px
     faces, labels = [], []
@@ -40,7 +45,8 @@ def synthetic_faces(identities: int, images: int, seed: int) -> TrainingFaces:
             face = 128 + 60 * patterns[i, dy:dy + SIZE, dx:dx + SIZE] + rng.normal(0, 12, size=(SIZE, SIZE, 3))
             faces.append(np.clip(face, 0, 255).astype(np.uint8))
             labels.append(i)
-    return TrainingFaces(np.stack(faces), np.array(labels, np.int32), [f"syn/{i}" for i in range(identities)])
+    return TrainingFaces(np.stack(faces), np.array(labels, np.int32), [f"{source}/{i}" for i in range(identities)],
+                         [f"{source}/{i}/{j}.png" for i in range(identities) for j in range(images)])
 
 
 def tiny_model() -> keras.Model:
@@ -76,11 +82,11 @@ def synthetic_evaluator(seed: int = 99):
 
 
 def config_for(tmp: Path, **overrides) -> TrainConfig:
-    settings = dict(model="tiny", data=["synthetic"], checkpoint_dir=str(tmp / "ckpt"), log_dir=str(tmp / "logs"),
-                    weights_out=str(tmp / "tiny.weights.h5"), epochs=2, steps_per_epoch=12,
-                    identities_per_batch=6, images_per_identity=3, image_size=SIZE, lr=3e-3, seed=1)
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    settings = {"model": "tiny", "data": ["synthetic"], "checkpoint_dir": str(tmp / "ckpt"),
+                "log_dir": str(tmp / "logs"), "weights_out": str(tmp / "tiny.weights.h5"), "epochs": 2,
+                "steps_per_epoch": 12, "identities_per_batch": 6, "images_per_identity": 3, "image_size": SIZE,
+                "lr": 3e-3, "seed": 1}
+    return TrainConfig(**{**settings, **overrides})
 
 
 def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path):
@@ -103,6 +109,10 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     assert record["architecture"] == "tiny" and record["input_size"] == SIZE and record["embedding_size"] == 16
     training = record["training"]
     assert training["steps"] == 24 and training["images_seen"] == 24 * 18
+    # The record describes the saved (best) weights beside the run's totals.
+    assert training["weights_step"] == best_epoch["step"] and training["weights_images_seen"] == best_epoch["step"] * 18
+    assert training["weights_wall_hours"] == pytest.approx(best_epoch["wall_hours"], abs=1e-4)
+    assert training["weights_file"] == config.weights_out
     assert training["mining"] == "semi-hard" and training["margin"] == 0.2 and training["lr"] == 3e-3
     assert training["best_validation"]["val_accuracy"] == best_epoch["val_accuracy"]
     assert training["final_validation"]["step"] == 24 and training["wall_hours"] > 0
@@ -114,10 +124,21 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     assert any((logs / "tensorboard").iterdir())
     assert Checkpoints(config.checkpoint_dir).latest().name == "step-24"
 
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(ResumeError, match="--resume"):
         fit(config, faces, tiny_model, log=lambda m: None)
-    with pytest.raises(TrainingError, match="lr: 0.003 -> 0.01"):
+    with pytest.raises(ResumeError, match="lr: 0.003 -> 0.01"):
         fit(config_for(tmp_path, lr=1e-2, resume=True), faces, tiny_model, log=lambda m: None)
+    other = synthetic_faces(30, 6, seed=0, source="other")  # as many faces and identities, other images
+    with pytest.raises(ResumeError, match="other faces"):
+        fit(config_for(tmp_path, resume=True), other, tiny_model, log=lambda m: None)
+    # A checkpoint written before fingerprints resumes when the counts match (nothing left to train here).
+    state_file = Checkpoints(config.checkpoint_dir).latest() / "state.json"
+    saved = json.loads(state_file.read_text())
+    del saved["state"]["pool_fingerprint"]
+    state_file.write_text(json.dumps(saved))
+    assert fit(config_for(tmp_path, resume=True), faces, tiny_model, log=lambda m: None).status == "completed"
+    with pytest.raises(ResumeError, match="other faces"):
+        fit(config_for(tmp_path, resume=True), synthetic_faces(30, 5, seed=0), tiny_model, log=lambda m: None)
 
 
 # --- subprocess runs ---------------------------------------------------------------------------
@@ -131,56 +152,142 @@ def child() -> None:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()]
                                                    * spec["logical_cpus"])
+    if spec.get("step_markers"):
+        print_a_line_after_every_step()
     faces = synthetic_faces(30, 6, seed=0)
-    if spec.get("check_replicas"):
-        print("REPLICAS " + json.dumps(replica_labels(faces, TrainConfig(**spec["config"]))), flush=True)
-    result = fit(TrainConfig(**spec["config"]), faces, tiny_model, log=lambda m: print(m, flush=True))
-    print("RESULT " + json.dumps({"status": result.status, "step": result.state.step,
+    config = TrainConfig(**spec["config"])
+    if spec.get("compare_replicas"):
+        print("REPLICAS " + json.dumps(one_step_on_two_replicas_and_on_one_device(faces, config)), flush=True)
+    result = fit(config, faces, tiny_model, log=lambda m: print(m, flush=True))
+    print("RESULT " + json.dumps({"status": result.status, "step": result.state.step, "message": result.message,
                                   "history": result.state.history}), flush=True)
     sys.exit(EXIT_CODES[result.status])
 
 
-def replica_labels(faces: TrainingFaces, config: TrainConfig) -> dict:
-    """The labels each replica of the config's strategy receives in the first step, and the whole batch's."""
+def print_a_line_after_every_step() -> None:
+    """Make fit print ``STEP`` after each training step, so a test can signal it at a known point."""
+    import utils.training
+
+    make_train_step = utils.training.make_train_step
+
+    def make_marked_step(*args):
+        step = make_train_step(*args)
+
+        def marked(iterator):
+            results = step(iterator)
+            print("STEP", flush=True)
+            return results
+
+        return marked
+
+    utils.training.make_train_step = make_marked_step
+
+
+def one_step_on_two_replicas_and_on_one_device(faces: TrainingFaces, config: TrainConfig) -> dict:
+    """One SGD step of make_train_step under the mirrored strategy, and the same step computed on one
+    device from the same weights and the replicas' own batch shares: each replica mines triplets in
+    its share, the loss is the mean of the shares' losses and the gradient the mean of theirs."""
     import tensorflow as tf
 
     from utils.batching import PKSampler, training_dataset
-    from utils.training import make_strategy
+    from utils.training import make_strategy, make_train_step
+    from utils.triplet_loss import get_loss
 
-    strategy = make_strategy(config.strategy)
     sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed)
-    batches = strategy.distribute_datasets_from_function(
+    mirrored, default = make_strategy("mirrored"), make_strategy("default")
+    models, optimizers = [], []
+    for strategy in (mirrored, default):
+        with strategy.scope():
+            models.append(tiny_model())
+            optimizers.append(keras.optimizers.SGD(0.5))  # the update is the gradient, scaled
+            optimizers[-1].build(models[-1].trainable_variables)
+    mirrored_model, reference = models
+    reference.set_weights(mirrored_model.get_weights())
+    before = [v.numpy() for v in reference.trainable_variables]
+
+    batches = mirrored.distribute_datasets_from_function(
         lambda context: training_dataset(faces, sampler, 0, True, context))
-    _, labels = next(iter(batches))
-    return {"replicas": [t.numpy().tolist() for t in strategy.experimental_local_results(labels)],
-            "batch": faces.labels[sampler.batch(0)].tolist(),
-            "cpus": len(tf.config.list_logical_devices("CPU"))}
+    images, labels = next(iter(batches))
+    shares = list(zip(mirrored.experimental_local_results(images), mirrored.experimental_local_results(labels),
+                      strict=True))
+    loss = float(make_train_step(mirrored_model, optimizers[0], mirrored, config)(iter(batches))[0])
+
+    loss_fn = get_loss(config.mining)
+    with tf.GradientTape() as tape:
+        reference_loss = tf.add_n([loss_fn(y, reference(x, training=True), margin=config.margin,
+                                           soft_margin=config.soft_margin)[0]
+                                   for x, y in shares]) / len(shares)
+    grads = tape.gradient(reference_loss, reference.trainable_variables)
+    optimizers[1].apply_gradients(zip(grads, reference.trainable_variables, strict=True))
+    updates = [(m.numpy() - b, r.numpy() - b) for m, r, b in zip(mirrored_model.trainable_variables,
+                                                                 reference.trainable_variables, before, strict=True)]
+    return {"replicas": [y.numpy().tolist() for _, y in shares], "batch": faces.labels[sampler.batch(0)].tolist(),
+            "cpus": len(tf.config.list_logical_devices("CPU")), "loss": loss, "reference_loss": float(reference_loss),
+            "largest_update": max(float(np.abs(r).max()) for _, r in updates),
+            "largest_update_difference": max(float(np.abs(m - r).max()) for m, r in updates)}
 
 
-def start_child(spec: dict) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-c", "from tests.test_train import child; child()", json.dumps(spec)]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+class Child:
+    """A subprocess whose output lines a thread collects, so that every wait honours its timeout."""
+
+    def __init__(self, command: list[str], env: dict | None = None):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._ended = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def _next_line(self, deadline: float) -> str | None:
+        """The next line, or None once the output ended or the deadline passed."""
+        if self._ended:
+            return None
+        try:
+            line = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+        except queue.Empty:
+            return None
+        if line is None:
+            self._ended = True
+        else:
+            self.lines.append(line)
+        return line
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 120) -> None:
+        """Return once ``count`` more lines containing ``text`` came; kill the child and fail otherwise."""
+        deadline = time.monotonic() + timeout
+        while count:
+            line = self._next_line(deadline)
+            if line is None:
+                self.process.kill()
+                raise AssertionError(f"the child did not print {text!r} within {timeout} s:\n{self.output}")
+            count -= text in line
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, dict | None]:
+        """Exit code, whole output and the last RESULT line's JSON, once the child has exited."""
+        deadline = time.monotonic() + timeout
+        while self._next_line(deadline) is not None:
+            pass
+        try:
+            code = self.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"the child did not end within {timeout} s:\n{self.output}") from None
+        results = [json.loads(line[7:]) for line in self.lines if line.startswith("RESULT ")]
+        return code, self.output, results[-1] if results else None
 
 
-def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str, dict | None]:
-    out, _ = process.communicate(timeout=timeout)
-    results = [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
-    return process.returncode, out, results[-1] if results else None
-
-
-def wait_for_line(process: subprocess.Popen, text: str, lines: list[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if text in line:
-            return
-    process.kill()
-    raise AssertionError(f"child never printed {text!r}:\n{''.join(lines)}")
+def start_child(spec: dict, env: dict | None = None) -> Child:
+    return Child([sys.executable, "-c", "from tests.test_train import child; child()", json.dumps(spec)], env)
 
 
 def weights_of(path: str) -> list[np.ndarray]:
@@ -191,49 +298,49 @@ def weights_of(path: str) -> list[np.ndarray]:
 
 def test_killed_and_interrupted_runs_resume_exactly(tmp_path):
     """SIGKILL mid-epoch, resume, SIGTERM mid-epoch, resume: same steps, losses and weights as one run."""
-    settings = dict(epochs=3, steps_per_epoch=40, identities_per_batch=8, images_per_identity=4)
+    settings = {"epochs": 3, "steps_per_epoch": 40, "identities_per_batch": 8, "images_per_identity": 4}
     whole = start_child({"config": asdict(config_for(tmp_path / "whole", **settings))})
     parts = config_for(tmp_path / "parts", **settings)
 
-    killed = start_child({"config": asdict(parts)})
-    lines: list[str] = []
-    wait_for_line(killed, "epoch 1 ", lines)
-    time.sleep(0.3)
-    killed.send_signal(signal.SIGKILL)
-    code, out, _ = finish(killed)
-    assert code == -signal.SIGKILL and "epoch 2 " not in "".join(lines) + out
+    killed = start_child({"config": asdict(parts), "step_markers": True})
+    killed.wait_for("epoch 1 ")  # printed after the epoch's checkpoint
+    killed.wait_for("STEP", count=3)  # step 43
+    killed.process.send_signal(signal.SIGKILL)
+    code, out, _ = killed.finish()
+    assert code == -signal.SIGKILL and "epoch 2 " not in out
     assert Checkpoints(parts.checkpoint_dir).latest().name == "step-40"
 
-    resumed = start_child({"config": asdict(config_for(tmp_path / "parts", resume=True, **settings))})
-    lines = []
-    wait_for_line(resumed, "resumed from", lines)
-    wait_for_line(resumed, "training tiny", lines)
-    time.sleep(0.5)  # the first step (tracing) is still running: the signal lands mid-epoch
-    resumed.send_signal(signal.SIGTERM)
-    code, out, result = finish(resumed)
-    assert code == 130, "".join(lines) + out
-    assert result["status"] == "interrupted" and 40 < result["step"] < 80
+    resumed = start_child({"config": asdict(config_for(tmp_path / "parts", resume=True, **settings)),
+                           "step_markers": True})
+    resumed.wait_for("resumed from ")
+    resumed.wait_for("STEP", count=5)  # step 45
+    resumed.process.send_signal(signal.SIGTERM)
+    code, out, result = resumed.finish()
+    assert code == 130, out
+    assert result["status"] == "interrupted" and 45 <= result["step"] < 80 and "SIGTERM" in result["message"]
     assert Checkpoints(parts.checkpoint_dir).latest().name == f"step-{result['step']}"
 
-    code, out, finished = finish(start_child({"config": asdict(config_for(tmp_path / "parts", resume=True,
-                                                                          **settings))}))
+    code, out, finished = start_child({"config": asdict(config_for(tmp_path / "parts", resume=True,
+                                                                   **settings))}).finish()
     assert code == 0, out
-    code, out, reference = finish(whole)
+    code, out, reference = whole.finish()
     assert code == 0, out
     assert finished["step"] == reference["step"] == 120
     for got, want in zip(finished["history"], reference["history"], strict=True):
         assert got["step"] == want["step"] and got["images_seen"] == want["images_seen"]
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
-    for got, want in zip(weights_of(parts.weights_out), weights_of(config_for(tmp_path / "whole").weights_out)):
+    for got, want in zip(weights_of(parts.weights_out), weights_of(config_for(tmp_path / "whole").weights_out),
+                         strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_mirrored_strategy_on_two_logical_cpus_splits_batches_by_identity(tmp_path):
+def test_mirrored_strategy_on_two_logical_cpus_splits_batches_by_identity_and_averages_them(tmp_path):
     config = config_for(tmp_path, strategy="mirrored", epochs=1, steps_per_epoch=3)
-    code, out, result = finish(start_child({"config": asdict(config), "logical_cpus": 2, "check_replicas": True}))
+    code, out, result = start_child({"config": asdict(config), "logical_cpus": 2,
+                                     "compare_replicas": True}).finish()
     assert code == 0, out
     assert "2 replica(s)" in out
-    assert result["status"] == "completed" and result["step"] == 3 and result["history"][0]["loss"] > 0
+    assert result["status"] == "completed" and result["step"] == 3
     split = json.loads(next(line[9:] for line in out.splitlines() if line.startswith("REPLICAS ")))
     assert split["cpus"] == 2
     first, second = split["replicas"]
@@ -241,11 +348,13 @@ def test_mirrored_strategy_on_two_logical_cpus_splits_batches_by_identity(tmp_pa
     assert len(set(first)) == len(set(second)) == config.identities_per_batch // 2
     assert not set(first) & set(second)
     assert all(first.count(label) == config.images_per_identity for label in first)
+    # The step on two replicas = the mean of the two shares' losses and gradients on one device.
+    assert split["loss"] == pytest.approx(split["reference_loss"], rel=1e-5)
+    assert split["largest_update"] > 1e-3
+    assert split["largest_update_difference"] < 1e-3 * split["largest_update"]
 
 
 def test_checkpoints_never_overwrite_the_one_latest_names(tmp_path):
-    from utils.training import TrainState
-
     model, config = tiny_model(), config_for(tmp_path)
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(model.trainable_variables)
@@ -255,7 +364,8 @@ def test_checkpoints_never_overwrite_the_one_latest_names(tmp_path):
     assert checkpoints.latest().name == "step-3"
     checkpoints.save(model, optimizer, TrainState(step=3, wall_seconds=2.0), config)
     assert checkpoints.latest().name == "step-3-2"
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step-3-2"]
+    # Older checkpoints are gone; the epoch's weights snapshot (visualize.py --progress-from) stays.
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch_001.weights.h5", "latest", "step-3-2"]
     assert checkpoints.restore(model, optimizer, config).wall_seconds == 2.0
 
 
@@ -310,37 +420,43 @@ def test_mixed_precision_keeps_a_float32_output_and_plain_weights(tmp_path):
 
 # --- data, validation and metadata helpers -------------------------------------------------------
 
-def test_people_files_of_both_formats_are_read(tmp_path, shared_data):
+def test_people_files_of_both_formats_are_read_and_the_benchmark_people_are_excluded(tmp_path, shared_data):
+    from utils.benchmark_faces import MANIFEST, benchmark_images
+    from utils.training_data import default_exclusions
+
     dev_test = read_people_file(shared_data / "lfw-protocol" / "peopleDevTest.txt")
     assert len(dev_test) == 1711
-    benchmark = read_people_file(shared_data / "benchmark_faces.txt")
-    assert len(benchmark) == 10 and all("/" not in name for name in benchmark)
+    assert str(MANIFEST) in default_exclusions()  # the list visualize.py draws, not a copy of it
+    benchmark = read_people_file(MANIFEST)
+    assert benchmark == {path.split("/")[0] for path in benchmark_images()} and len(benchmark) == 10
     plain = tmp_path / "people.txt"
     plain.write_text("Alice_Smith\n\nBob_Jones/Bob_Jones_0001.jpg\n")
     assert read_people_file(plain) == {"Alice_Smith", "Bob_Jones"}
 
 
-def test_metadata_goes_to_the_registry_json_or_beside_custom_weights(tmp_path, monkeypatch):
+def test_metadata_replaces_the_registry_json_or_goes_beside_custom_weights(tmp_path, monkeypatch):
     import models.weights
 
     monkeypatch.setattr(models.weights, "WEIGHTS_DIR", tmp_path / "weights")
-    models.weights.update_metadata("ang", lfw_view2={"accuracy": 0.9})
+    models.weights.update_metadata("ang", architecture="ang", lfw_view2={"accuracy": 0.9, "threshold": 0.8})
     write = metadata_writer(config_for(tmp_path, model="ang", weights_out=str(models.weights.weights_path("ang"))))
-    write({"architecture": "ang"})
-    assert json.loads((tmp_path / "weights" / "ang.json").read_text()) == {
-        "architecture": "ang", "lfw_view2": {"accuracy": 0.9}}
+    write({"architecture": "ang", "training": {"steps": 3}})
+    # The figures of the old weights (recognize.py's default threshold) do not stay beside new weights.
+    assert models.weights.read_metadata("ang") == {"architecture": "ang", "training": {"steps": 3}}
     write = metadata_writer(config_for(tmp_path, model="ang", weights_out=str(tmp_path / "run" / "x.weights.h5")))
     write({"architecture": "ang"})
-    write({"training": {"steps": 3}})
-    assert json.loads((tmp_path / "run" / "x.json").read_text()) == {"architecture": "ang",
-                                                                     "training": {"steps": 3}}
+    write({"training": {"steps": 4}})
+    assert json.loads((tmp_path / "run" / "x.json").read_text()) == {"training": {"steps": 4}}
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["x.json"]  # no temporary file left
 
 
 def test_data_sources_folder_tree_aligned_cache_and_msceleb_tsv(tmp_path, shared_data, monkeypatch):
-    """The three --data kinds load the same faces: a tree (aligned and cached), its cache folder, a TSV."""
+    """The three --data kinds load the same faces: a tree (aligned and cached), its cache folder, a TSV
+    (exported once: again only when the file changes)."""
+    import utils.training_data
     from utils.aligned_cache import default_cache_path
     from utils.datasets.msceleb import TsvFace, write_tsv
-    from utils.training import load_source, load_training_data
+    from utils.training_data import export_msceleb, load_source, load_training_data
 
     monkeypatch.setenv("FACE_CACHE_DIR", str(tmp_path / "cache"))
     tree = tmp_path / "tree"
@@ -357,11 +473,22 @@ def test_data_sources_folder_tree_aligned_cache_and_msceleb_tsv(tmp_path, shared
     with pytest.raises(ValueError, match="not --image-size 128"):
         load_source(default_cache_path(tree, 96, "outer_eyes_and_nose"), 128)
     tsv = write_tsv(tmp_path / "celebs.tsv", faces)
+    exports = []
+    export = utils.training_data.export_to_folders
+    monkeypatch.setattr(utils.training_data, "export_to_folders", lambda *a, **k: exports.append(a) or export(*a, **k))
     from_tsv = load_source(tsv, 96, log=lambda m: None)
     assert sorted(set(from_tsv.identities)) == [f"m.{name}" for name in sorted(set(from_tree.identities))]
     np.testing.assert_array_equal(from_tsv.faces, from_tree.faces)
+    assert len(exports) == 1
+    np.testing.assert_array_equal(load_source(tsv, 96, log=lambda m: None).faces, from_tree.faces)
+    assert len(exports) == 1  # the finished export was used
     pooled, _ = load_training_data([str(tree), str(tsv)], 96, [], 2, log=lambda m: None)
     assert pooled.num_identities == 4 and pooled.names[0].startswith("tree/")  # namespaced per source
+    assert len(exports) == 1
+    write_tsv(tsv, faces[:2] + faces[3:])  # the file changes: exported again, from scratch, so the
+    export_tree = export_msceleb(tsv, log=lambda m: None)  # second person, now with one face, is gone
+    assert len(exports) == 2
+    assert sorted(p.name for p in export_tree.iterdir() if p.is_dir()) == [from_tsv.identities[0]]
     with pytest.raises(ValueError, match="training data not found"):
         load_source(tmp_path / "missing", 96)
 
@@ -370,7 +497,7 @@ def test_view1_evaluator_scores_a_model_on_the_dev_pairs(shared_data):
     from utils.aligned_cache import AlignedFaces
     from utils.datasets.lfw import load_dev_pairs, pair_images
     from utils.paths import lfw_dir
-    from utils.training import view1_evaluator
+    from utils.training_data import view1_evaluator
 
     images = pair_images(load_dev_pairs("train") + load_dev_pairs("test"))
     rng = np.random.default_rng(0)
@@ -386,7 +513,8 @@ def test_view1_evaluator_scores_a_model_on_the_dev_pairs(shared_data):
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+                          timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+                          check=False)
 
 
 def test_cli_reports_missing_data_without_a_traceback(tmp_path):
@@ -420,8 +548,42 @@ def test_cli_trains_a_registry_model_on_a_folder_tree(tmp_path, shared_data):
     assert metadata["training"]["identities"] >= 4
 
 
-def test_multiworker_strategy_trains_two_local_workers_in_step(tmp_path):
-    """Two processes on 127.0.0.1 with TF_CONFIG: same losses on both, only worker 0 writes files."""
+def test_cli_validates_arguments_and_output_folders_before_loading_data(tmp_path, capsys):
+    import train
+
+    for bad, message in ((["--image-size", "64"], "--image-size: must be at least 96"),
+                         (["--images-per-identity", "1"], "--images-per-identity: must be at least 2"),
+                         (["--lr", "-1"], "--lr: must be above 0"),
+                         (["--weights-out", "x.h5"], "must end with .weights.h5")):
+        with pytest.raises(SystemExit) as exit_:
+            train.main(["--model", "ang", *bad])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "file").write_text("")  # a file where a folder should go: unwritable, whoever runs this
+    code = train.main(["--model", "ang", "--data", str(tmp_path / "nowhere"),
+                       "--checkpoint-dir", str(tmp_path / "file" / "ckpt"), "--log-dir", str(tmp_path / "logs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error:" in err and str(tmp_path / "file") in err  # not "training data not found"
+
+
+def test_cli_ctrl_c_while_loading_data_exits_130_without_a_traceback(tmp_path, shared_data):
+    tree = tmp_path / "faces"
+    for person in sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir())[:4]:
+        (tree / person.name).mkdir(parents=True)
+        for image in sorted(person.glob("*.jpg"))[:3]:
+            (tree / person.name / image.name).symlink_to(image)
+    cli = Child([sys.executable, "train.py", "--model", "ang", "--data", str(tree), "--no-validation",
+                 "--checkpoint-dir", str(tmp_path / "ckpt"), "--log-dir", str(tmp_path / "logs"),
+                 "--weights-out", str(tmp_path / "ang.weights.h5")], env={"FACE_CACHE_DIR": str(tmp_path / "cache")})
+    cli.wait_for(f"loading {tree}")
+    cli.process.send_signal(signal.SIGINT)
+    code, out, _ = cli.finish()
+    assert code == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+
+
+def test_multiworker_workers_train_in_step_and_stop_together(tmp_path):
+    """Two processes on 127.0.0.1 with TF_CONFIG: same losses on both, only worker 0 writes files, and
+    a SIGTERM to worker 1 alone stops both after the same step (neither waits for the other)."""
     import socket
 
     ports = []
@@ -432,20 +594,25 @@ def test_multiworker_strategy_trains_two_local_workers_in_step(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers = []
     for index in range(2):
-        config = config_for(tmp_path / f"worker{index}", strategy="multiworker", epochs=1, steps_per_epoch=3,
+        config = config_for(tmp_path / f"worker{index}", strategy="multiworker", epochs=20, steps_per_epoch=2,
                             identities_per_batch=8)
-        os.environ["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        try:
-            workers.append((config, start_child({"config": asdict(config)})))
-        finally:
-            del os.environ["TF_CONFIG"]
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append((config, start_child({"config": asdict(config), "step_markers": True},
+                                            env={"TF_CONFIG": tf_config})))
+    workers[1][1].wait_for("STEP", count=3)
+    workers[1][1].process.send_signal(signal.SIGTERM)
     results = []
-    for config, process in workers:
-        code, out, result = finish(process)
-        assert code == 0, out
+    for _, process in workers:
+        code, out, result = process.finish()
+        assert code == 130, out
         assert "2 replica(s)" in out
         results.append(result)
-    assert results[0]["step"] == results[1]["step"] == 3
-    assert results[0]["history"][0]["loss"] == pytest.approx(results[1]["history"][0]["loss"])
-    assert Path(workers[0][0].weights_out).is_file() and Checkpoints(workers[0][0].checkpoint_dir).latest()
+    assert results[0]["status"] == results[1]["status"] == "interrupted"
+    assert "another worker" in results[0]["message"] and "SIGTERM" in results[1]["message"]
+    assert 3 <= results[0]["step"] == results[1]["step"] < 40
+    assert len(results[0]["history"]) == len(results[1]["history"]) >= 1
+    for first, second in zip(results[0]["history"], results[1]["history"], strict=True):
+        assert first["loss"] == pytest.approx(second["loss"])
+    checkpoint = Checkpoints(workers[0][0].checkpoint_dir).latest()
+    assert checkpoint.name == f"step-{results[0]['step']}"
     assert not (tmp_path / "worker1").exists()

@@ -25,10 +25,12 @@ scale and shift, brightness and contrast) with stateless random ops seeded by
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -45,17 +47,18 @@ CONTRAST = 0.15       # contrast factor drawn from [1 - CONTRAST, 1 + CONTRAST]
 
 @dataclass
 class TrainingFaces:
-    """Aligned faces pooled for training: uint8 faces, an integer label each, label names."""
+    """Aligned faces pooled for training: uint8 faces, an integer label each, label names, image paths."""
 
     faces: np.ndarray       # (N, S, S, 3) uint8
     labels: np.ndarray      # (N,) int32, index into names
     names: list[str]        # "<dataset>/<identity>" for each label
+    paths: list[str]        # "<dataset>/<relative image path>" of each face
 
     def __post_init__(self) -> None:
         if self.faces.ndim != 4 or self.faces.shape[3] != 3 or self.faces.dtype != np.uint8:
             raise ValueError(f"expected (N, S, S, 3) uint8 faces, got {self.faces.dtype} {self.faces.shape}")
-        if len(self.labels) != len(self.faces):
-            raise ValueError(f"{len(self.labels)} labels for {len(self.faces)} faces")
+        if not len(self.labels) == len(self.paths) == len(self.faces):
+            raise ValueError(f"{len(self.labels)} labels and {len(self.paths)} paths for {len(self.faces)} faces")
 
     @property
     def num_identities(self) -> int:
@@ -68,8 +71,16 @@ class TrainingFaces:
     def __len__(self) -> int:
         return len(self.faces)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of every row's identity and image path, in row order: the batches of a
+        (seed, step) are the same exactly when the fingerprints are."""
+        digest = hashlib.sha256()
+        for label, path in zip(self.labels.tolist(), self.paths, strict=True):
+            digest.update(f"{self.names[label]}\t{path}\n".encode())
+        return digest.hexdigest()
 
-def pool_datasets(datasets: Mapping[str, "AlignedFaces"], exclude: Iterable[str] = (),
+
+def pool_datasets(datasets: Mapping[str, AlignedFaces], exclude: Iterable[str] = (),
                   min_images: int = 2) -> TrainingFaces:
     """Pool aligned datasets, keyed by a short dataset name, into one training set.
 
@@ -80,7 +91,7 @@ def pool_datasets(datasets: Mapping[str, "AlignedFaces"], exclude: Iterable[str]
     if min_images < 1:
         raise ValueError(f"min_images must be at least 1, got {min_images}")
     excluded = sorted(set(exclude))
-    chunks, label_chunks, label_names = [], [], []
+    chunks, label_chunks, label_names, paths = [], [], [], []
     for name, data in datasets.items():
         identities, faces = np.asarray(data.identities), data.faces
         keep = np.asarray(data.detected, bool) & ~np.isin(identities, excluded)
@@ -92,13 +103,14 @@ def pool_datasets(datasets: Mapping[str, "AlignedFaces"], exclude: Iterable[str]
         rows = np.flatnonzero(keep)
         chunks.append(faces[rows])
         label_chunks.append(np.array([label_of[i] for i in identities[rows]], np.int32))
+        paths += [f"{name}/{data.paths[row]}" for row in rows]
     if not label_names:
         raise ValueError(f"no identity with {min_images} or more detected faces in {', '.join(datasets)}"
                          + (f" after excluding {len(excluded)} people" if excluded else ""))
     sizes = {c.shape[1:] for c in chunks if len(c)}
     if len(sizes) > 1:
         raise ValueError(f"the datasets' faces differ in size: {sorted(sizes)}")
-    return TrainingFaces(np.concatenate(chunks), np.concatenate(label_chunks), label_names)
+    return TrainingFaces(np.concatenate(chunks), np.concatenate(label_chunks), label_names, paths)
 
 
 class PKSampler:

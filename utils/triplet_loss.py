@@ -29,7 +29,7 @@ float32 whatever the embeddings' dtype (mixed precision).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 

@@ -1,0 +1,121 @@
+"""Resumable training checkpoints: model weights, optimizer variables and the run's TrainState.
+
+Each checkpoint is a new folder ``<checkpoint_dir>/step-<N>`` holding ``model.weights.h5``,
+``optimizer.npz`` and ``state.json`` (the TrainState and the run's settings). It is written as
+``step-<N>.tmp``, flushed to disk and renamed; then the one-line file ``latest`` is replaced
+atomically to name it, and only then are older folders deleted. A kill at any moment leaves
+``latest`` naming a complete checkpoint. One weights file per epoch,
+``epoch_<E>.weights.h5``, stays beside them (for visualize.py --progress-from).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import keras
+import numpy as np
+
+from utils.atomic import atomic_path, fsync, write_text_atomic
+
+if TYPE_CHECKING:
+    from utils.training import TrainConfig
+
+# Settings that must match for --resume to continue the same run. Which faces are trained on is
+# checked by TrainState.pool_fingerprint (the people files' paths may change, their people not).
+RESUME_KEYS = ("model", "data", "min_images", "image_size", "identities_per_batch", "images_per_identity",
+               "steps_per_epoch", "seed", "mining", "margin", "soft_margin", "lr", "mixed_precision",
+               "augmentation")
+
+
+class ResumeError(ValueError):
+    """A run cannot be resumed (or would overwrite one); the message says why and what to do."""
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; everything in it goes into the checkpoint."""
+
+    step: int = 0
+    pool: str = ""              # "N faces of M identities", for messages
+    pool_fingerprint: str = ""  # TrainingFaces.fingerprint(): must not change on --resume
+    wall_seconds: float = 0.0
+    epoch_loss_sum: float = 0.0
+    epoch_active_sum: float = 0.0
+    epoch_distance_sum: float = 0.0
+    epoch_train_seconds: float = 0.0
+    epoch_steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] | None = None  # the history row of the saved (best) weights
+
+
+def save_weights_atomic(model: keras.Model, path: str | Path) -> None:
+    """model.save_weights, atomically (readers never see a half-written file)."""
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
+
+
+class Checkpoints:
+    """Atomic checkpoints of model, optimizer and TrainState in a folder (see the module docstring)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def latest(self) -> Path | None:
+        pointer = self.folder / "latest"
+        if not pointer.is_file():
+            return None
+        path = self.folder / pointer.read_text().strip()
+        return path if (path / "state.json").is_file() else None
+
+    def save(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, state: TrainState,
+             config: TrainConfig) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name, copy = f"step-{state.step}", 1
+        while (self.folder / name).exists():  # never overwrite: it may be the one `latest` names
+            copy += 1
+            name = f"step-{state.step}-{copy}"
+        tmp = self.folder / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        model.save_weights(tmp / "model.weights.h5")
+        np.savez(tmp / "optimizer.npz", **{f"{i:04d}": v.numpy() for i, v in enumerate(optimizer.variables)})
+        (tmp / "state.json").write_text(json.dumps({"config": asdict(config), "state": asdict(state)}, indent=1))
+        for f in (*tmp.iterdir(), tmp):
+            fsync(f)
+        final = self.folder / name
+        os.replace(tmp, final)
+        write_text_atomic(self.folder / "latest", name + "\n")
+        epoch = -(-state.step // config.steps_per_epoch)
+        with atomic_path(self.folder / f"epoch_{epoch:03d}.weights.h5") as snapshot:
+            shutil.copyfile(final / "model.weights.h5", snapshot)
+        for old in self.folder.glob("step-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def restore(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                config: TrainConfig) -> TrainState:
+        """Load the latest checkpoint into model and optimizer; ResumeError if the settings differ."""
+        path = self.latest()
+        if path is None:
+            raise ResumeError(f"--resume: no checkpoint in {self.folder}")
+        saved = json.loads((path / "state.json").read_text())
+        old = saved["config"]
+        changed = [f"{k}: {old.get(k)!r} -> {getattr(config, k)!r}" for k in RESUME_KEYS
+                   if old.get(k) != getattr(config, k)]
+        if changed:
+            raise ResumeError(f"--resume: the checkpoint in {path} was trained with other settings "
+                              f"({'; '.join(changed)}); resume with the same settings or start a new "
+                              "--checkpoint-dir")
+        model.load_weights(path / "model.weights.h5")
+        with np.load(path / "optimizer.npz") as values:
+            if len(values.files) != len(optimizer.variables):
+                raise ResumeError(f"--resume: {path} holds {len(values.files)} optimizer variables, "
+                                  f"the optimizer has {len(optimizer.variables)}")
+            for i, variable in enumerate(optimizer.variables):
+                variable.assign(values[f"{i:04d}"])
+        return TrainState(**saved["state"])

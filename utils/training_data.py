@@ -1,0 +1,127 @@
+"""The faces a training run learns from and validates on.
+
+Each --data entry is an aligned-cache folder, a folder-per-identity tree (aligned once and
+cached) or an MS-Celeb-1M TSV (exported once to a folder tree under the cache folder). The
+sources are pooled with identities namespaced per source, minus the excluded people: by
+default the LFW View 1 DevTest people (the validation identities) and the benchmark-face
+people (benchmark_faces/manifest.txt, the t-SNE figures' faces).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from utils.aligned_cache import AlignedFaces, load_cache, load_or_build
+from utils.atomic import write_text_atomic
+from utils.batching import TrainingFaces, pool_datasets
+from utils.benchmark_faces import MANIFEST
+from utils.datasets.folders import DatasetError
+from utils.datasets.lfw import parse_people
+from utils.datasets.msceleb import export_to_folders
+from utils.paths import cache_dir, data_dir, lfw_dir, lfw_protocol_dir
+
+if TYPE_CHECKING:
+    import keras
+
+Evaluator = Callable[["keras.Model"], dict[str, float]]
+EXPORT_MARKER = ".export-complete.json"  # in an MS-Celeb export folder: which TSV it holds, whole
+MSCELEB_MIN_IMAGES = 2
+
+
+def default_data() -> list[str]:
+    """LFW (its DevTest and benchmark people are excluded by default) plus celeba-subset when present."""
+    celeba = data_dir() / "celeba-subset"
+    return [str(lfw_dir())] + ([str(celeba)] if celeba.is_dir() else [])
+
+
+def default_exclusions() -> list[str]:
+    """LFW View 1 DevTest people (the validation identities) and the 10 benchmark-face people."""
+    return [str(lfw_protocol_dir() / "peopleDevTest.txt"), str(MANIFEST)]
+
+
+def read_people_file(path: str | Path) -> set[str]:
+    """Identity names in an LFW people file (count header, ``Name count`` lines) or a plain list
+    with one ``Name`` or ``Name/image.jpg`` per line (like benchmark_faces/manifest.txt)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"people file not found: {path}")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if lines and lines[0].isdigit():
+        return {person.name for person in parse_people(path)}
+    return {line.split("/", 1)[0].split("\t", 1)[0] for line in lines}
+
+
+def export_msceleb(tsv: Path, log: Callable[[str], None] = print) -> Path:
+    """The folder tree of an MS-Celeb TSV under the cache folder, exported unless a finished export
+    of the same file (same path, size and modification time: EXPORT_MARKER) is there already.
+    An unfinished export is continued; the export of a changed file is redone from scratch."""
+    tree = cache_dir() / "msceleb" / tsv.stem
+    stat = tsv.stat()
+    stamp = {"tsv": str(tsv.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+             "min_images": MSCELEB_MIN_IMAGES}
+    marker = tree / EXPORT_MARKER
+    if marker.is_file():
+        if json.loads(marker.read_text()) == stamp:
+            log(f"{tsv} was exported to {tree} already")
+            return tree
+        log(f"{tree} holds an export of another version of {tsv.name}: exporting again")
+        shutil.rmtree(tree)
+    log(f"exporting {tsv} to {tree}")
+    export_to_folders(tsv, tree, min_images=MSCELEB_MIN_IMAGES)
+    write_text_atomic(marker, json.dumps(stamp, indent=1) + "\n")
+    return tree
+
+
+def load_source(source: str | Path, image_size: int, log: Callable[[str], None] = print) -> AlignedFaces:
+    """Aligned faces of one --data entry: an aligned-cache folder, an MS-Celeb TSV (exported to a
+    folder tree first) or a folder-per-identity tree (aligned and cached)."""
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".tsv":
+        path = export_msceleb(path, log)
+    if (path / "faces.npy").is_file():
+        faces = load_cache(path)
+        if faces.faces.shape[1] != image_size:
+            raise DatasetError(f"the aligned cache {path} holds {faces.faces.shape[1]} px faces, "
+                               f"not --image-size {image_size}")
+        return faces
+    if not path.is_dir():
+        raise DatasetError(f"training data not found: {path} (expected a folder-per-identity tree, "
+                           "an aligned-cache folder or an MS-Celeb .tsv file)")
+    return load_or_build(path, output_size=image_size)
+
+
+def load_training_data(sources: list[str], image_size: int, exclude_files: list[str], min_images: int,
+                       log: Callable[[str], None] = print) -> tuple[TrainingFaces, dict[str, AlignedFaces]]:
+    """Pool the sources (identities namespaced by the source's folder name) minus the excluded people."""
+    excluded = set().union(*(read_people_file(f) for f in exclude_files))
+    loaded: dict[str, AlignedFaces] = {}
+    for source in sources:
+        name = Path(source).name.removesuffix(".tsv")
+        while name in loaded:
+            name += "+"
+        log(f"loading {source}")
+        loaded[name] = load_source(source, image_size, log)
+    faces = pool_datasets(loaded, excluded, min_images)
+    log(f"training data: {len(faces)} detected faces of {faces.num_identities} identities from "
+        f"{', '.join(sources)}; {len(excluded)} people excluded")
+    return faces, loaded
+
+
+def view1_evaluator(lfw: AlignedFaces) -> Evaluator:
+    """LFW View 1: threshold from the DevTrain pairs, accuracy and AUC on the DevTest pairs."""
+    from utils.evaluation import evaluate_lfw
+
+    def evaluate(model: keras.Model) -> dict[str, float]:
+        v = evaluate_lfw(model, protocol="view1", aligned=lfw).verification
+        return {"accuracy": v.accuracy, "auc": v.auc, "threshold": v.threshold, "eer": v.eer}
+
+    return evaluate
+
+
+def lfw_view1_evaluator(loaded: dict[str, AlignedFaces], image_size: int) -> Evaluator:
+    """view1_evaluator on LFW: the training source that is LFW when there is one, else its cache."""
+    lfw = next((v for v in loaded.values() if Path(v.root).resolve() == lfw_dir().resolve()), None)
+    return view1_evaluator(lfw if lfw is not None else load_or_build(lfw_dir(), output_size=image_size))

@@ -1,0 +1,87 @@
+"""The metadata JSON written beside trained weights: what the weights are and how they were trained.
+
+The record describes the saved (best) weights (``weights_step``, ``weights_images_seen``,
+``weights_wall_hours`` and ``best_validation``) beside the run's totals so far (``steps``,
+``images_seen``, ``wall_hours``, ``final_validation``). Each write replaces the whole file, so
+figures measured on earlier weights (evaluate.py's ``lfw_view2``, from which recognize.py takes
+its default threshold) never stay beside new weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tensorflow as tf
+
+from utils.atomic import write_text_atomic
+
+if TYPE_CHECKING:
+    from utils.batching import TrainingFaces
+    from utils.checkpoints import TrainState
+    from utils.training import TrainConfig
+
+
+def hardware_description() -> str:
+    """CPU model and core count, plus the GPUs TensorFlow sees."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"{cpu} ({os.cpu_count()} cores)"]
+    for gpu in tf.config.list_physical_devices("GPU"):
+        parts.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+    return ", ".join(parts)
+
+
+def training_record(config: TrainConfig, state: TrainState, faces: TrainingFaces,
+                    embedding_size: int) -> dict[str, Any]:
+    """The metadata of the weights in ``config.weights_out`` (the row ``state.best``) and of the run."""
+    best = state.best or {}
+    return {
+        "architecture": config.model, "input_size": config.image_size, "embedding_size": embedding_size,
+        "training": {
+            "weights_file": str(config.weights_out), "weights_step": best.get("step"),
+            "weights_images_seen": best.get("images_seen"),
+            "weights_wall_hours": round(best["wall_hours"], 4) if best else None, "best_validation": state.best,
+            "steps": state.step, "epochs": round(state.step / config.steps_per_epoch, 3),
+            "images_seen": state.step * config.batch_size, "wall_hours": round(state.wall_seconds / 3600, 4),
+            "final_validation": state.history[-1] if state.history else None,
+            "hardware": hardware_description(), "data": config.data,
+            "excluded_people_files": config.exclude_people,
+            "identities": faces.num_identities, "images": len(faces),
+            "mining": config.mining, "margin": config.margin, "soft_margin": config.soft_margin,
+            "lr": config.lr, "optimizer": "adam",
+            "identities_per_batch": config.identities_per_batch,
+            "images_per_identity": config.images_per_identity, "seed": config.seed,
+            "strategy": config.strategy, "mixed_precision": config.mixed_precision,
+        },
+    }
+
+
+def metadata_file(config: TrainConfig) -> Path:
+    """weights/<model>.json (models.weights.metadata_path) for the registry weights file, else
+    <stem>.json beside the --weights-out file."""
+    from models.weights import metadata_path, weights_path
+
+    out = Path(config.weights_out).resolve()
+    if out == weights_path(config.model).resolve():
+        return metadata_path(config.model)
+    return out.with_name(out.name.removesuffix(".weights.h5") + ".json")
+
+
+def metadata_writer(config: TrainConfig) -> Callable[[dict[str, Any]], None]:
+    """A function replacing the weights' metadata file (see ``metadata_file``) with a record."""
+    path = metadata_file(config)
+
+    def write(record: dict[str, Any]) -> None:
+        write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    return write
