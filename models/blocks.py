@@ -4,6 +4,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from models.layers import L2Normalize
 
 # Running statistics follow the last ~10 batches (Torch's default, 0.1 in its convention) rather
 # than Keras' 0.99: with the few thousand steps a CPU budget allows, 0.99 leaves the statistics
@@ -11,18 +12,17 @@ from keras import layers
 BN_MOMENTUM = 0.9
 
 
-def conv_bn_relu(x, filters: int, kernel_size: int | tuple[int, int], strides: int = 1,
-                 padding: str = "same", name: str = "conv", bn_epsilon: float = 1e-5):
+def conv_bn_relu(x: keras.KerasTensor, filters: int, kernel_size: int | tuple[int, int], strides: int = 1,
+                 padding: str = "same", name: str = "conv", bn_epsilon: float = 1e-5) -> keras.KerasTensor:
     """Convolution, batch normalisation, ReLU; layers named ``name``, ``name_bn``, ``name_relu``."""
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, name=name)(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=bn_epsilon, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def embedding_head(x, embedding_size: int, dropout: float, name_prefix: str = ""):
+def embedding_head(x: keras.KerasTensor, embedding_size: int, dropout: float,
+                   name_prefix: str = "") -> keras.KerasTensor:
     """Global average pool, dropout, dense projection, L2 normalisation (nothing in between)."""
-    from models.layers import L2Normalize
-
     x = layers.GlobalAveragePooling2D(name=f"{name_prefix}avg_pool")(x)
     if dropout:
         x = layers.Dropout(dropout, name=f"{name_prefix}dropout")(x)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+import keras
 from keras import layers
 
 from models.blocks import conv_bn_relu
@@ -41,7 +42,7 @@ class InceptionSpec:
             raise ValueError(f"{self.name}: a down-sampling module has no 1x1 tower")
 
 
-def inception_module(x, spec: InceptionSpec):
+def inception_module(x: keras.KerasTensor, spec: InceptionSpec) -> keras.KerasTensor:
     """Concatenate the towers of ``spec``; layers are named ``inception_<name>_<tower>``."""
     prefix = f"inception_{spec.name}"
     towers = []
@@ -60,14 +61,14 @@ def inception_module(x, spec: InceptionSpec):
     return layers.Concatenate(name=f"{prefix}_concat")(towers)
 
 
-def inception_stack(x, specs: Sequence[InceptionSpec]):
+def inception_stack(x: keras.KerasTensor, specs: Sequence[InceptionSpec]) -> keras.KerasTensor:
     """Apply the modules of a table in order."""
     for spec in specs:
         x = inception_module(x, spec)
     return x
 
 
-def googlenet_stem(x, lrn: bool = False):
+def googlenet_stem(x: keras.KerasTensor, lrn: bool = False) -> keras.KerasTensor:
     """GoogLeNet's first layers: conv1 7x7/2 64, max pool 3x3/2, conv2 1x1 64 then 3x3 192, max pool 3x3/2.
 
     With ``lrn`` a local response normalisation follows the first pool and precedes the second,

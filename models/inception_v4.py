@@ -73,7 +73,7 @@ WIDTH = 0.5
 DROPOUT = 0.2
 
 
-def _tower(x, steps, name: str, width: float):
+def _tower(x: keras.KerasTensor, steps, name: str, width: float) -> keras.KerasTensor:
     """Run one tower's chain of pools and convolutions; layers are named ``<name>_<index>``."""
     for index, step in enumerate(steps):
         layer_name = f"{name}_{index}"
@@ -88,7 +88,7 @@ def _tower(x, steps, name: str, width: float):
     return x
 
 
-def _block(x, towers: dict, name: str, width: float):
+def _block(x: keras.KerasTensor, towers: dict, name: str, width: float) -> keras.KerasTensor:
     """Run the towers side by side and concatenate them (a single tower is returned as is)."""
     outputs = [_tower(x, steps, f"{name}_{tower}", width) for tower, steps in towers.items()]
     return outputs[0] if len(outputs) == 1 else layers.Concatenate(name=name)(outputs)

@@ -32,7 +32,7 @@ FINAL_CHANNELS = 736
 
 
 @dataclass(frozen=True)
-class InceptionSpec:
+class OpenFaceBlock:
     """One dpnn ``nn.Inception`` block of nn4.small2 (the def file's arguments)."""
 
     name: str
@@ -44,20 +44,21 @@ class InceptionSpec:
 
 
 INCEPTION_BLOCKS = (
-    InceptionSpec("3a", ((3, 96, 128), (5, 16, 32)), 1, "max", 32, 64),
-    InceptionSpec("3b", ((3, 96, 128), (5, 32, 64)), 1, "l2", 64, 64),
-    InceptionSpec("3c", ((3, 128, 256), (5, 32, 64)), 2, "max", None, None),
-    InceptionSpec("4a", ((3, 96, 192), (5, 32, 64)), 1, "l2", 128, 256),
-    InceptionSpec("4e", ((3, 160, 256), (5, 64, 128)), 2, "max", None, None),
-    InceptionSpec("5a", ((3, 96, 384),), 1, "l2", 96, 256),
-    InceptionSpec("5b", ((3, 96, 384),), 1, "max", 96, 256),
+    OpenFaceBlock("3a", ((3, 96, 128), (5, 16, 32)), 1, "max", 32, 64),
+    OpenFaceBlock("3b", ((3, 96, 128), (5, 32, 64)), 1, "l2", 64, 64),
+    OpenFaceBlock("3c", ((3, 128, 256), (5, 32, 64)), 2, "max", None, None),
+    OpenFaceBlock("4a", ((3, 96, 192), (5, 32, 64)), 1, "l2", 128, 256),
+    OpenFaceBlock("4e", ((3, 160, 256), (5, 64, 128)), 2, "max", None, None),
+    OpenFaceBlock("5a", ((3, 96, 384),), 1, "l2", 96, 256),
+    OpenFaceBlock("5b", ((3, 96, 384),), 1, "max", 96, 256),
 )
 
 STEM = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 DENSE = "dense_layer"
 
 
-def _conv_bn_relu(x, filters: int, kernel: int, stride: int, conv_name: str, bn_name: str):
+def _conv_bn_relu(x: keras.KerasTensor, filters: int, kernel: int, stride: int, conv_name: str,
+                  bn_name: str) -> keras.KerasTensor:
     """Torch-style conv (symmetric padding kernel//2) + batch norm + ReLU."""
     pad = kernel // 2
     padding = "same" if stride == 1 else "valid"  # stride 1, odd kernel: "same" is symmetric
@@ -68,13 +69,13 @@ def _conv_bn_relu(x, filters: int, kernel: int, stride: int, conv_name: str, bn_
     return layers.ReLU(name=f"{bn_name}_relu")(x)
 
 
-def _max_pool_padded(x, name: str):
+def _max_pool_padded(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
     """Torch SpatialMaxPooling(3, 3, 2, 2, 1, 1) on non-negative input."""
     x = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
     return layers.MaxPooling2D(3, strides=2, name=name)(x)
 
 
-def _depth_concat(towers: list, name: str):
+def _depth_concat(towers: list[keras.KerasTensor], name: str) -> keras.KerasTensor:
     """``nn.DepthConcat``: centre smaller maps in zeros at the largest size, then concatenate."""
     height = max(t.shape[1] for t in towers)
     width = max(t.shape[2] for t in towers)
@@ -88,7 +89,7 @@ def _depth_concat(towers: list, name: str):
     return layers.Concatenate(axis=-1, name=name)(aligned)
 
 
-def _inception(x, spec: InceptionSpec):
+def _inception(x: keras.KerasTensor, spec: OpenFaceBlock) -> keras.KerasTensor:
     prefix = f"inception_{spec.name}"
     towers = []
     for kernel, reduce_filters, out_filters in spec.kernel_towers:

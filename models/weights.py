@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import keras
 
 from models import get_model
-from utils.paths import WEIGHTS_DIR
+from utils.atomic import write_text_atomic
+from utils.paths import WEIGHTS_DIR, model_cache_dir
 
 # File stems differ from registry names only where the published model has a versioned name.
 _STEMS = {"openface_nn4_small2": "openface_nn4_small2_v1"}
@@ -60,19 +59,16 @@ def update_metadata(name: str, **fields: Any) -> Path:
     """Merge fields into the model's metadata JSON, written atomically."""
     path = metadata_path(name)
     data = {**read_metadata(name), **fields}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
 
 
-def _missing_weights_hint(name: str) -> str:
+def _missing_weights_hint(name: str, path: Path) -> str:
     if name == "openface_nn4_small2":
+        from models.openface_weights import T7_NAME
+
         return ("get the pretrained OpenFace weights with `python -m models.openface_weights download` "
-                "and `python -m models.openface_weights convert`")
+                f"and `python -m models.openface_weights convert {model_cache_dir() / T7_NAME} --out {path}`")
     return f"train it with `python train.py --model {name}` or pass --weights PATH"
 
 
@@ -85,7 +81,7 @@ def load_model(name: str, weights: str | Path | None = None, input_size: int | N
     """
     path = Path(weights) if weights else weights_path(name)
     if not path.exists():
-        raise MissingWeightsError(f"weights file not found: {path} ({_missing_weights_hint(name)})")
+        raise MissingWeightsError(f"weights file not found: {path} ({_missing_weights_hint(name, path)})")
     if path.is_dir():
         raise ValueError(f"weights path {path} is a folder, not a weights file")
     meta = weights_metadata(path)

@@ -55,6 +55,24 @@ def test_build_flags_no_face_and_lists_unreadable(dataset, tmp_path, counted_ali
     assert not np.isnan(data.landmarks[data.detected]).any()
 
 
+def test_only_images_inside_identity_folders_are_listed(dataset, tmp_path):
+    expected = aligned_cache.list_images(dataset)
+    shutil.copy(dataset / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", dataset / "loose.jpg")
+    (dataset / "Aaron_Peirsol" / "nested").mkdir()
+    shutil.copy(dataset / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", dataset / "Aaron_Peirsol" / "nested" / "x.jpg")
+    shutil.copy(dataset / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", dataset / "Aaron_Peirsol" / ".hidden.jpg")
+    listed = aligned_cache.list_images(dataset)
+    assert listed == expected and "loose.jpg" not in listed
+    assert {p.split("/")[0] for p in listed} == set(PEOPLE)
+    assert "Aaron_Peirsol/Aaron_Peirsol_0001.jpg" in listed and "Abel_Pacheco/blank.png" in listed
+
+    only_loose = tmp_path / "loose_only"
+    only_loose.mkdir()
+    shutil.copy(dataset / "loose.jpg", only_loose / "loose.jpg")
+    with pytest.raises(FileNotFoundError, match="no images .* in identity folders under"):
+        load_or_build(only_loose, out=tmp_path / "never", workers=1, progress=False)
+
+
 def test_rerun_aligns_only_new_or_changed(dataset, tmp_path, counted_alignments):
     out = tmp_path / "cache"
     first = load_or_build(dataset, out=out, workers=1, progress=False)

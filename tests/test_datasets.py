@@ -9,7 +9,7 @@ import pytest
 
 from utils.datasets import lfw, msceleb
 from utils.datasets.folders import DatasetError, LabelledImage, list_identity_images
-from utils.image_io import decode_image, read_image
+from utils.image_io import decode_image, jpeg_bytes, read_image
 from utils.paths import data_dir, lfw_dir, lfw_protocol_dir
 
 # --- LFW protocol files (the real ones in ../shared/data/lfw-protocol) -------------------------
@@ -211,9 +211,9 @@ def face_pixels(seed: int, size: int = 64) -> np.ndarray:
 @pytest.fixture
 def tsv(tmp_path):
     """Five good faces of two MIDs and four corrupt lines (lines 3, 5, 7, 8)."""
-    good = [msceleb.TsvFace("m.01abc", f"face{i}", msceleb.jpeg_bytes(face_pixels(i)), rank=i,
+    good = [msceleb.TsvFace("m.01abc", f"face{i}", jpeg_bytes(face_pixels(i)), rank=i,
                             rectangle=(0.1 * i, 0.2, 0.5, 0.75)) for i in range(3)]
-    good += [msceleb.TsvFace("m.02xyz", f"face{i}", msceleb.jpeg_bytes(face_pixels(i)), rank=i) for i in range(3, 5)]
+    good += [msceleb.TsvFace("m.02xyz", f"face{i}", jpeg_bytes(face_pixels(i)), rank=i) for i in range(3, 5)]
     not_jpeg = msceleb.format_line(msceleb.TsvFace("m.03bad", "f", b"GIF89a-broken"))
     bad_b64 = msceleb.format_line(good[0]).rsplit("\t", 1)[0] + "\t%%%not-base64%%%"
     lines = [good[0], good[1], "m.04\tonly\tthree", good[2], not_jpeg, good[3], bad_b64,
@@ -229,8 +229,8 @@ def test_msceleb_round_trip_reports_corrupt_lines(tsv):
     assert [c.line for c in reader.corrupt] == [3, 5, 7, 8]
     assert "base64" in reader.corrupt[2].reason and "MID" in reader.corrupt[3].reason
     assert [(f.mid, f.face_id, f.rank, f.line) for f in faces] == [
-        (g.mid, g.face_id, g.rank, line) for g, line in zip(good, [1, 2, 4, 6, 9])]
-    for face, original in zip(faces, good):
+        (g.mid, g.face_id, g.rank, line) for g, line in zip(good, [1, 2, 4, 6, 9], strict=True)]
+    for face, original in zip(faces, good, strict=True):
         assert face.jpeg == original.image
         np.testing.assert_array_equal(face.image, decode_image(original.image))
         assert face.image.shape == (64, 64, 3) and face.image.dtype == np.uint8
@@ -252,7 +252,7 @@ def test_msceleb_strict_mode_raises_at_the_first_corrupt_line(tsv):
 
 
 def test_msceleb_rectangle_must_be_four_floats(tmp_path):
-    face = msceleb.TsvFace("m.01", "f", msceleb.jpeg_bytes(face_pixels(0)))
+    face = msceleb.TsvFace("m.01", "f", jpeg_bytes(face_pixels(0)))
     fields = msceleb.format_line(face).split("\t")
     fields[5] = base64.b64encode(b"\0" * 12).decode()
     path = msceleb.write_tsv(tmp_path / "r.tsv", ["\t".join(fields)])

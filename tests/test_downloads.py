@@ -12,7 +12,6 @@ import pytest
 
 from utils.datasets import facescrub, lfw_download
 from utils.datasets.folders import DatasetError
-from utils.datasets.msceleb import jpeg_bytes
 from utils.download import (
     ChecksumError,
     DownloadError,
@@ -22,7 +21,7 @@ from utils.download import (
     download_file,
     part_path,
 )
-from utils.image_io import read_image
+from utils.image_io import jpeg_bytes, read_image
 
 
 def sha256(data: bytes) -> str:

@@ -20,6 +20,7 @@ import evaluate
 import utils.dlib_resnet as dlib_resnet
 from models import get_model
 from models.layers import L2Normalize
+from utils.align import centre_crop
 from utils.aligned_cache import load_or_build
 from utils.datasets.lfw import MissingImagesError
 from utils.embedding import embed_faces
@@ -167,6 +168,16 @@ def test_dlib_descriptors_separate_people_and_are_cached(tiny, monkeypatch):
 
     monkeypatch.setattr(dlib_resnet, "_describe_many", no_compute)
     np.testing.assert_array_equal(embedder(aligned, rows[::-1]), first[::-1])
+
+
+@pytest.mark.parametrize("height, width", [(250, 250), (180, 301), (97, 40)])
+def test_dlib_fallback_box_is_the_centre_crop_square(height, width):
+    rgb = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    box = dlib_resnet.centred_box(height, width)
+    assert box.width() == box.height() and box.left() >= 0 and box.top() >= 0
+    assert box.right() < width and box.bottom() < height
+    region = rgb[box.top():box.bottom() + 1, box.left():box.right() + 1]
+    np.testing.assert_array_equal(cv2.resize(region, (96, 96), interpolation=cv2.INTER_AREA), centre_crop(rgb, 96))
 
 
 def run_cli(capsys, *args):

@@ -115,7 +115,7 @@ def test_triplet_gradient_step_updates_weights(name):
 
     after = [w.numpy() for w in net.trainable_weights]
     assert all(np.all(np.isfinite(w)) for w in after)
-    changed = [not np.array_equal(b, a) for b, a in zip(before, after)]
+    changed = [not np.array_equal(b, a) for b, a in zip(before, after, strict=True)]
     assert changed[0], "the first layer did not move: the gradient does not reach the input"
     assert changed[-1], "the embedding layer did not move"
     assert sum(changed) > 0.9 * len(changed)

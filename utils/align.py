@@ -42,17 +42,22 @@ def openface_template(path: str | None = None) -> np.ndarray:
     return (points - low) / (high - low)
 
 
-def centre_crop(rgb: np.ndarray, size: int = 96) -> np.ndarray:
-    """Fallback when no face is found: the centre square, resized to size x size.
+def centre_square(height: int, width: int) -> tuple[int, int, int]:
+    """(left, top, side) of the square where a centred LFW-style face lies.
 
-    The square is the region that the landmark warp keeps on a centred
-    LFW-style face (CENTRE_CROP_FRACTION, CENTRE_CROP_DROP).
+    It is the region that the landmark warp keeps on such a face (CENTRE_CROP_FRACTION,
+    CENTRE_CROP_DROP): the fallback crop and the fallback landmark box both use it.
     """
-    h, w = rgb.shape[:2]
-    short = min(h, w)
-    side = max(1, int(round(short * CENTRE_CROP_FRACTION)))
-    top = min(h - side, (h - side) // 2 + int(round(short * CENTRE_CROP_DROP)))
-    left = (w - side) // 2
+    short = min(height, width)
+    side = max(1, round(short * CENTRE_CROP_FRACTION))
+    top = min(height - side, (height - side) // 2 + round(short * CENTRE_CROP_DROP))
+    left = (width - side) // 2
+    return left, top, side
+
+
+def centre_crop(rgb: np.ndarray, size: int = 96) -> np.ndarray:
+    """Fallback when no face is found: the centre square (`centre_square`), resized to size x size."""
+    left, top, side = centre_square(*rgb.shape[:2])
     crop = rgb[top:top + side, left:left + side]
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 

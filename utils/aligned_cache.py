@@ -41,7 +41,8 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.align import FaceAligner, centre_crop
-from utils.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
+from utils.datasets.folders import DatasetError, list_identity_images
+from utils.image_io import ImageReadError, read_image
 from utils.paths import cache_dir
 
 DEFAULT_UPSAMPLE = (0, 1)  # upsample 0 finds LFW-sized faces 4x faster; 1 catches the rest
@@ -79,9 +80,13 @@ class AlignedFaces:
 
 
 def list_images(root: Path) -> list[str]:
-    """Relative paths of every image in a folder-per-identity tree, sorted."""
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """Relative paths ``<identity>/<file>`` of the images of a folder-per-identity tree, sorted.
+
+    The tree is read by ``utils.datasets.folders.list_identity_images``: loose files in the
+    root, nested sub-folders and hidden files are not images of an identity and are left out.
+    Raises `DatasetError` when no identity folder holds an image.
+    """
+    return sorted(f"{image.identity}/{image.path.name}" for image in list_identity_images(root))
 
 
 def alignment_settings(output_size: int = 96, landmarks: str = "outer_eyes_and_nose",
@@ -242,9 +247,10 @@ def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str
         raise FileNotFoundError(f"dataset folder not found: {root}")
     folder = Path(out) if out else default_cache_path(root, output_size, landmarks, upsample, detector)
     settings = alignment_settings(output_size, landmarks, upsample, detector)
-    files = list_images(root)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    try:
+        files = list_images(root)
+    except DatasetError as err:
+        raise FileNotFoundError(str(err)) from None
     with _locked(folder):
         return _update(root, folder, settings, files, workers, progress)
 
@@ -286,7 +292,7 @@ def _update(root: Path, folder: Path, settings: dict, files: list[str], workers:
         raise ValueError(f"none of the images under {root} could be read")
     rows = [(old.faces[kept[f]], old.detected[kept[f]], old.boxes[kept[f]], old.landmarks[kept[f]])
             if f in kept else new_rows[f] for f in order]
-    faces, detected, boxes, points = (np.stack(column) for column in zip(*rows))
+    faces, detected, boxes, points = (np.stack(column) for column in zip(*rows, strict=True))
     data = AlignedFaces(root, faces, order, detected.astype(bool), boxes, points, sorted(unreadable))
     index = {"version": FORMAT_VERSION, "settings": settings, "paths": order,
              "stats": [stats[f] for f in order], "unreadable": data.unreadable,
@@ -328,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     folder = args.out or default_cache_path(args.dataset, args.size, args.landmarks, args.upsample, args.detector)
-    no_face = [p for p, d in zip(data.paths, data.detected) if not d]
+    no_face = [p for p, d in zip(data.paths, data.detected, strict=True) if not d]
     print(f"{len(data)} images in {folder}; no face detected in {len(no_face)} (kept as centre crops); "
           f"{len(data.unreadable)} unreadable")
     for p in no_face:

@@ -2,15 +2,14 @@
 
 Descriptors are computed from the original image and the 68 landmarks that the aligned cache
 recorded, with dlib's own 150 px chip alignment (``compute_face_descriptor``). Images where no
-face was detected get landmarks from the shape predictor run on the centre square that
-``utils.align.centre_crop`` uses. Descriptors are cached per dataset under
+face was detected get landmarks from the shape predictor run on ``utils.align.centre_square``,
+the square that the centre-crop fallback keeps. Descriptors are cached per dataset under
 ``cache_dir()/dlib_resnet`` and reused while the image file and its landmarks are unchanged.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,8 +17,9 @@ import dlib
 import numpy as np
 from tqdm import tqdm
 
-from utils.align import CENTRE_CROP_DROP, CENTRE_CROP_FRACTION
+from utils.align import centre_square
 from utils.aligned_cache import AlignedFaces, worker_pool
+from utils.atomic import atomic_path
 from utils.dlib_models import LANDMARKS_68, RESNET_DESCRIPTOR, dlib_model_path
 from utils.image_io import read_image
 from utils.paths import cache_dir
@@ -29,11 +29,8 @@ SAVE_EVERY = 1000  # descriptors computed between cache writes
 
 
 def centred_box(height: int, width: int) -> dlib.rectangle:
-    """The square where a centred LFW-style face lies (the centre-crop fallback's square)."""
-    short = min(height, width)
-    side = max(1, round(short * CENTRE_CROP_FRACTION))
-    top = min(height - side, (height - side) // 2 + round(short * CENTRE_CROP_DROP))
-    left = (width - side) // 2
+    """`utils.align.centre_square` as a dlib box: the region the centre-crop fallback keeps."""
+    left, top, side = centre_square(height, width)
     return dlib.rectangle(left, top, left + side - 1, top + side - 1)
 
 
@@ -90,19 +87,17 @@ def _load_cache(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """relative path -> (key: stat, box and landmarks as one vector, descriptor)."""
     try:
         with np.load(path) as data:
-            return {p: (k, d) for p, k, d in zip(data["paths"].tolist(), data["keys"], data["descriptors"])}
+            return {p: (k, d) for p, k, d in zip(data["paths"].tolist(), data["keys"], data["descriptors"],
+                                                     strict=True)}
     except (OSError, ValueError, KeyError):
         return {}
 
 
 def _save_cache(path: Path, entries: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     paths = sorted(entries)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    np.savez(tmp, paths=np.array(paths), keys=np.stack([entries[p][0] for p in paths]),
-             descriptors=np.stack([entries[p][1] for p in paths]))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, paths=np.array(paths), keys=np.stack([entries[p][0] for p in paths]),
+                 descriptors=np.stack([entries[p][1] for p in paths]))
 
 
 def _entry_key(file: Path, box: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -128,7 +123,7 @@ class DlibResNetEmbedder:
         if stale:
             jobs = [(str(root / aligned.paths[i]), aligned.boxes[i], aligned.landmarks[i]) for i in stale]
             described = _describe_many(jobs, min(self.workers, len(jobs)), self.progress)
-            for n, (i, descriptor) in enumerate(zip(stale, described), 1):
+            for n, (i, descriptor) in enumerate(zip(stale, described, strict=True), 1):
                 cache[aligned.paths[i]] = (keys[aligned.paths[i]], descriptor)
                 if n % SAVE_EVERY == 0 or n == len(stale):  # an interrupted run keeps its work
                     _save_cache(cache_path, cache)

@@ -11,8 +11,6 @@ be read or that show no face are reported by name and left out, never fatal.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -23,6 +21,8 @@ import cv2
 import numpy as np
 
 from utils.align import FaceAligner
+from utils.atomic import atomic_path
+from utils.download import file_digests
 from utils.image_io import IMAGE_EXTENSIONS, ImageReadError, decode_image
 
 GALLERY_UPSAMPLE = (0, 1)  # gallery photos are few: also look for small faces
@@ -55,11 +55,6 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def images_of(self, person: str) -> list[str]:
-        """Relative paths of a person's usable images."""
-        position = self.people.index(person)
-        return [p for p, i in zip(self.paths, self.person_index) if i == position]
-
 
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
@@ -80,18 +75,9 @@ def list_gallery(people_dir: str | Path) -> list[GalleryImage]:
     return found
 
 
-def file_sha1(path: str | Path) -> str:
-    """SHA-1 of a file's bytes."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_fingerprint(model_name: str, weights: str | Path) -> str:
     """Identifies a model's embeddings: its name and the hash of its weights file."""
-    return f"{model_name}:{file_sha1(weights)}"
+    return f"{model_name}:{file_digests(weights, ['sha1'])['sha1']}"
 
 
 def cache_path(people_dir: str | Path, model_name: str) -> Path:
@@ -115,7 +101,7 @@ def _load_cache(path: Path, key: str) -> dict[str, _Entry]:
             hashes, found, embeddings = data["hashes"], data["faces_found"], data["embeddings"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return {}  # missing, from another model, or damaged: embed again
-    return {str(h): _Entry(int(n), e if n > 0 else None) for h, n, e in zip(hashes, found, embeddings)}
+    return {str(h): _Entry(int(n), e if n > 0 else None) for h, n, e in zip(hashes, found, embeddings, strict=False)}
 
 
 def _save_cache(path: Path, key: str, entries: dict[str, _Entry], dim: int) -> str | None:
@@ -125,17 +111,12 @@ def _save_cache(path: Path, key: str, entries: dict[str, _Entry], dim: int) -> s
     for row, h in enumerate(hashes):
         if entries[h].embedding is not None:
             embeddings[row] = entries[h].embedding
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), version=np.array(CACHE_VERSION), hashes=np.array(hashes, dtype="U40"),
+        with atomic_path(path) as tmp:
+            np.savez(tmp, key=np.array(key), version=np.array(CACHE_VERSION), hashes=np.array(hashes, dtype="U40"),
                      faces_found=np.array([entries[h].faces_found for h in hashes], np.int32),
                      embeddings=embeddings)
-        os.replace(tmp, path)
     except OSError as err:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
         return f"could not save the embedding cache {path} ({err}); the gallery is embedded again next run"
     return None
 
@@ -201,7 +182,7 @@ def build_gallery(people_dir: str | Path, embed: Embed, model_key: str, model_na
 
     if pending:
         vectors = np.asarray(embed(np.stack([face for _, face in pending])), np.float32)
-        for (digest, _), vector in zip(pending, vectors):
+        for (digest, _), vector in zip(pending, vectors, strict=True):
             entries[digest].embedding = vector
 
     people: list[str] = []

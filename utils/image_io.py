@@ -91,3 +91,10 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise EmptyImageError(path, "the file is empty")
     return _decode(path, path)
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """Encode an (H, W, 3) uint8 RGB array as JPEG."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()

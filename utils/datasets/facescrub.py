@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -27,10 +26,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from utils.atomic import atomic_path, write_text_atomic
 from utils.datasets.folders import DatasetError
-from utils.datasets.msceleb import jpeg_bytes
 from utils.download import DownloadError, download_file
-from utils.image_io import ImageReadError, decode_image
+from utils.image_io import ImageReadError, decode_image, jpeg_bytes
 
 HEADER = ("name", "image_id", "face_id", "url", "bbox", "sha256")
 STATE_FILE = ".facescrub_state.json"
@@ -124,10 +123,8 @@ def crop_box(rgb: np.ndarray, bbox: tuple[int, int, int, int], margin: float = 0
 
 def _write_jpeg(rgb: np.ndarray, dest: Path) -> None:
     """Write atomically, so a face on disk is always a complete file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_bytes(jpeg_bytes(np.ascontiguousarray(rgb), JPEG_QUALITY))
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(jpeg_bytes(np.ascontiguousarray(rgb), JPEG_QUALITY))
 
 
 def _fetch_face(entry: FaceScrubEntry, out_dir: Path, margin: float, timeout: float,
@@ -160,9 +157,7 @@ def _load_state(path: Path) -> dict[str, dict[str, str]]:
 
 
 def _save_state(path: Path, failed: dict[str, dict[str, str]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"version": 1, "failed": failed}, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"version": 1, "failed": failed}, indent=1, sort_keys=True))
 
 
 def download_faces(

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import io
 import os
 import re
 import shutil
@@ -41,11 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from utils.datasets.folders import DatasetError
-from utils.image_io import ImageReadError, decode_image
+from utils.image_io import ImageReadError, decode_image, jpeg_bytes
 
 COLUMNS = ("MID", "ImageSearchRank", "ImageURL", "PageURL", "FaceID", "FaceRectangle", "FaceData")
 RECTANGLE = struct.Struct("<4f")
@@ -155,13 +153,6 @@ class MsCelebReader:
         return f"{self.path}: skipped {len(self.corrupt)} corrupt line(s): {shown}{more}"
 
 
-def jpeg_bytes(rgb: np.ndarray, quality: int = 95) -> bytes:
-    """Encode an (H, W, 3) uint8 RGB array as JPEG."""
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 @dataclass(frozen=True)
 class TsvFace:
     """What `write_tsv` writes for one line; ``image`` is JPEG bytes or an RGB array (encoded as JPEG)."""
@@ -226,6 +217,8 @@ def export_to_folders(tsv: str | Path, out_dir: str | Path, min_images: int = 1,
                 if dest.is_file():
                     summary.already_present += 1
                     continue
+                # Renamed into place so a face on disk is always whole; not utils.atomic, whose two
+                # fsyncs per file would make exporting millions of faces many times slower.
                 dest.parent.mkdir(exist_ok=True)
                 tmp = dest.with_name(f".{dest.name}.tmp")
                 tmp.write_bytes(face.jpeg)
