@@ -29,8 +29,9 @@ def timed_build(root: Path, out: Path, workers: int) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lfw", type=Path, default=lfw_dir())
-    parser.add_argument("--single-worker-images", type=int, default=1000)
+    parser.add_argument("--lfw", type=Path, default=lfw_dir(), help="LFW folder (default: %(default)s)")
+    parser.add_argument("--single-worker-images", type=int, default=1000,
+                        help="images timed with one worker (default 1000)")
     parser.add_argument("--out", type=Path, help="cache folder for the full run (default: temporary)")
     args = parser.parse_args()
     workers = os.cpu_count() or 1

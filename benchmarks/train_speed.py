@@ -23,7 +23,6 @@ from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -33,7 +32,7 @@ from utils.align import FaceAligner, centre_crop  # noqa: E402
 from utils.batching import PKSampler, pool_datasets, training_dataset  # noqa: E402
 from utils.image_io import read_image  # noqa: E402
 from utils.paths import lfw_dir  # noqa: E402
-from utils.training import TrainConfig, make_train_step  # noqa: E402
+from utils.training import TrainConfig, build_model_and_optimizer, make_train_step  # noqa: E402
 
 WARMUP_STEPS = 2
 SIZE = 96
@@ -55,11 +54,13 @@ def old_way_batches(root: Path, batch_size: int, upsample: list[int]) -> Iterato
         yield np.stack(faces).astype(np.float32) / 255.0, np.array(labels, np.int32)
 
 
-def images_per_second(model_name: str, batches: tf.data.Dataset, batch_size: int, steps: int) -> float:
+def images_per_second(model_name: str, batches: tf.data.Dataset, batch_size: int, steps: int,
+                      mixed_precision: bool = False) -> float:
+    """Training images/s of one model over the batches, built and stepped as train.py does."""
     strategy = tf.distribute.get_strategy()
-    model = get_model(model_name, input_size=SIZE)
-    optimizer = keras.optimizers.Adam(1e-3)
-    config = TrainConfig(model=model_name, data=[], checkpoint_dir="", log_dir="", weights_out="")
+    config = TrainConfig(model=model_name, data=[], checkpoint_dir="", log_dir="", weights_out="",
+                         mixed_precision=mixed_precision)
+    model, optimizer = build_model_and_optimizer(config, strategy, lambda: get_model(model_name, input_size=SIZE))
     step = make_train_step(model, optimizer, strategy, config)
     iterator = iter(batches)
     for _ in range(WARMUP_STEPS):
@@ -73,15 +74,20 @@ def images_per_second(model_name: str, batches: tf.data.Dataset, batch_size: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=TRAINABLE_MODEL_NAMES, default=list(TRAINABLE_MODEL_NAMES))
+    parser.add_argument("--models", nargs="+", choices=TRAINABLE_MODEL_NAMES, default=list(TRAINABLE_MODEL_NAMES),
+                        help="architectures to time with the cached pipeline (default: all four)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run (default 5)")
-    parser.add_argument("--batch-identities", type=int, default=8)
-    parser.add_argument("--images-per-identity", type=int, default=4)
-    parser.add_argument("--old-way-model", choices=TRAINABLE_MODEL_NAMES, default="ang")
+    parser.add_argument("--batch-identities", type=int, default=8, help="P, identities per batch (default 8)")
+    parser.add_argument("--images-per-identity", type=int, default=4, help="K, images per identity (default 4)")
+    parser.add_argument("--old-way-model", choices=TRAINABLE_MODEL_NAMES, default="ang",
+                        help="the model timed the earlier project's way (default ang)")
     parser.add_argument("--old-way-upsample", type=int, nargs="+", default=[0, 1],
                         help="dlib upsample levels of the per-step detection (default 0 1, as the cache; "
                              "FaceAligner's own default is 1)")
-    parser.add_argument("--lfw", type=Path, default=lfw_dir())
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="also time the cached pipeline of --old-way-model with 16-bit compute "
+                             "(train.py --mixed-precision: bfloat16 on a CPU)")
+    parser.add_argument("--lfw", type=Path, default=lfw_dir(), help="LFW folder (default: %(default)s)")
     args = parser.parse_args()
     batch_size = args.batch_identities * args.images_per_identity
 
@@ -106,6 +112,10 @@ def main() -> None:
           "step, unshuffled): "
           f"{old_rate:7.1f} images/s")
     print(f"speed-up of the cached pipeline for {name}: {ours[name] / old_rate:.1f}x")
+    if args.mixed_precision:
+        fast = images_per_second(name, training_dataset(faces, sampler), batch_size, args.steps, mixed_precision=True)
+        print(f"{name:13s} cached P x K pipeline, mixed precision: {fast:7.1f} images/s "
+              f"({fast / old_rate:.1f}x the earlier project's way)")
 
 
 if __name__ == "__main__":
