@@ -135,3 +135,14 @@ def test_ctrl_c_exits_130(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("utils.benchmark_figures.draw_figures", interrupted)
     assert visualize.main(["--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_trained_panel_describes_the_kept_weights_not_the_whole_run(reduced_faces, tmp_path, weights_dir):
+    get_model("ang").save_weights(weights_dir / "ang.weights.h5")
+    record = json.loads(json.dumps(TRAINING_METADATA))
+    record["training"].update(weights_wall_hours=0.26, weights_images_seen=134_400)
+    (weights_dir / "ang.json").write_text(json.dumps(record))
+    out = tmp_path / "results"
+    assert visualize.main(["--faces", str(reduced_faces), "--models", "ang", "--no-openface", "--out", str(out)]) == 0
+    trained = json.loads((out / "visualize_metrics.json").read_text())["models"]["ang"]["trained"]
+    assert trained["title"] == "ang: trained 0.3 h on AMD EPYC (2 cores), 134k images"

@@ -89,13 +89,16 @@ def _trained_lines(name: str) -> tuple[str, list[str]]:
     except ValueError as err:
         raise FigureError(str(err)) from err
     training = meta.get("training") or {}
+    # The kept weights' own figures (weights_*) when the trainer recorded them, else the run's.
+    hours = training.get("weights_wall_hours", training.get("wall_hours"))
+    images = training.get("weights_images_seen", training.get("images_seen"))
     budget = "trained"
-    if isinstance(training.get("wall_hours"), (int, float)):
-        budget += f" {training['wall_hours']:.1f} h"
+    if isinstance(hours, (int, float)):
+        budget += f" {hours:.1f} h"
     if training.get("hardware"):
         budget += f" on {training['hardware']}"
-    if isinstance(training.get("images_seen"), int):
-        budget += f", {_count(training['images_seen'])} images"
+    if isinstance(images, int):
+        budget += f", {_count(images)} images"
     lines = []
     view1 = training.get("best_validation") or {}
     if isinstance(view1.get("val_accuracy"), (int, float)):
