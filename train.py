@@ -84,7 +84,7 @@ def shown(path: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from models import TRAINABLE_MODEL_NAMES
-    from utils.training import STRATEGIES
+    from utils.training import LR_SCHEDULES, STRATEGIES
     from utils.training_data import default_data, default_exclusions
     from utils.triplet_loss import MINING
 
@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="semi-hard (FaceNet; default: it learns from scratch where batch-hard collapsed), "
                         "batch-hard (Hermans et al.) or all (every active triplet)")
     p.add_argument("--soft-margin", action="store_true", help="softplus(d_ap - d_an) instead of the hinge")
-    p.add_argument("--lr", type=float_above(0.0), default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float_above(0.0), default=1e-3,
+                   help="Adam's (initial) learning rate (default 1e-3)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
+                   help="cosine (default): anneal to 1%% of --lr by the end of --epochs or --time-budget, "
+                        "whichever comes first; constant: keep --lr")
     p.add_argument("--image-size", type=int_at_least(MIN_IMAGE_SIZE), default=96,
                    help=f"input size in pixels, at least {MIN_IMAGE_SIZE} (default 96)")
     p.add_argument("--weights-out", type=weights_file,
@@ -151,7 +155,8 @@ def train(args: argparse.Namespace) -> int:
         weights_out=str(args.weights_out or weights_path(args.model)),
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, identities_per_batch=args.batch_identities,
         images_per_identity=args.images_per_identity, margin=args.margin, mining=args.mining,
-        soft_margin=args.soft_margin, lr=args.lr, image_size=args.image_size, seed=args.seed,
+        soft_margin=args.soft_margin, lr=args.lr, lr_schedule=args.lr_schedule,
+        image_size=args.image_size, seed=args.seed,
         time_budget_hours=args.time_budget, strategy=args.strategy, mixed_precision=args.mixed_precision,
         augmentation=not args.no_augmentation, min_images=args.min_images,
         exclude_people=default_exclusions() + [str(Path(f).resolve()) for f in args.exclude_people],

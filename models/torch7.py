@@ -197,7 +197,7 @@ class _Reader:
         else:
             if any(s < 0 for s in sizes) or any(s < 0 for s in strides) or offset < 0:
                 raise self.fail(f"{typename} has negative sizes/strides/offset")
-            last = offset + sum((n - 1) * s for n, s in zip(sizes, strides)) if all(sizes) else offset - 1
+            last = offset + sum((n - 1) * s for n, s in zip(sizes, strides, strict=True)) if all(sizes) else offset - 1
             if last >= storage.size:
                 raise self.fail(f"{typename} of size {sizes} reaches past its storage of {storage.size}")
             item = storage.dtype.itemsize

@@ -44,7 +44,7 @@ def test_pair_distances_sqeuclidean_and_cosine():
     rng = np.random.default_rng(0)
     a, b = unit(rng.normal(size=(5, 16))), unit(rng.normal(size=(5, 16)))
     sq = pair_distances(a, b, "sqeuclidean")
-    np.testing.assert_allclose(sq, [np.sum((x - y) ** 2) for x, y in zip(a, b)])
+    np.testing.assert_allclose(sq, [np.sum((x - y) ** 2) for x, y in zip(a, b, strict=True)])
     np.testing.assert_allclose(pair_distances(a, b, "cosine"), sq / 2)  # unit vectors: |a-b|^2 = 2(1 - cos)
     np.testing.assert_allclose(pair_distances(3 * a, a, "cosine"), 0, atol=1e-12)
     with pytest.raises(ValueError, match="metric"):

@@ -369,7 +369,7 @@ def test_detect_every_n_follows_faces_between_detections(aligner, strangers):
     frames = []
     for k in range(7):
         frame = background(1)
-        for sprite, (x, y) in zip(sprites, sprite_positions(2, sprites[0].shape[0], k)):
+        for sprite, (x, y) in zip(sprites, sprite_positions(2, sprites[0].shape[0], k), strict=True):
             frame[y:y + sprite.shape[0], x:x + sprite.shape[1]] = sprite
         frames.append(frame)
     frames.append(background(1))  # the faces are gone on a followed frame

@@ -115,6 +115,7 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     assert training["weights_file"] == config.weights_out
     assert training["mining"] == "semi-hard" and training["margin"] == 0.2 and training["lr"] == 3e-3
     assert training["best_validation"]["val_accuracy"] == best_epoch["val_accuracy"]
+    assert training["lr_schedule"] == "cosine" and first["lr"] > second["lr"] == pytest.approx(3e-5)
     assert training["final_validation"]["step"] == 24 and training["wall_hours"] > 0
     assert training["hardware"]
     logs = Path(config.log_dir)
@@ -397,6 +398,18 @@ def test_collapse_is_detected_and_stops_the_run(tmp_path):
     assert result.status == "collapsed" and result.state.step == 5
     assert "collapsed" in result.message and "--mining semi-hard" in result.message
     assert EXIT_CODES[result.status] != 0
+
+
+def test_cosine_schedule_anneals_by_steps_or_by_the_time_budget_whichever_is_further():
+    from utils.training import learning_rate
+    config = config_for(Path("."), lr=1e-3, epochs=10, steps_per_epoch=10)
+    assert learning_rate(config, 0, 0.0) == pytest.approx(1e-3)
+    assert learning_rate(config, 50, 0.0) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert learning_rate(config, 100, 0.0) == pytest.approx(1e-5)
+    budgeted = config_for(Path("."), lr=1e-3, epochs=10, steps_per_epoch=10, time_budget_hours=1.0)
+    assert learning_rate(budgeted, 10, 1800.0) == learning_rate(config, 50, 0.0)  # half the time is spent
+    assert learning_rate(budgeted, 10, 7200.0) == pytest.approx(1e-5)  # past the budget: the floor
+    assert learning_rate(config_for(Path("."), lr_schedule="constant"), 20, 1e9) == 3e-3
 
 
 def test_time_budget_stops_after_validating_and_checkpointing(tmp_path):

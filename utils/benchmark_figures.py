@@ -122,7 +122,8 @@ def _model_row(name: str, faces_at: FacesAt, seed: int, metrics: dict, trained_l
                   metrics[name]["random_init"])]
     if trained is None:
         metrics[name]["trained"] = None
-        return row + [Panel(f"{name}: {trained_label}", None, [], ["no trained weights yet:", str(weights_path(name).name)])]
+        return row + [Panel(f"{name}: {trained_label}", None, [],
+                             ["no trained weights yet:", str(weights_path(name).name)])]
     budget, lines = _trained_lines(name)
     title = f"{name}: {trained_label if name == OPENFACE else budget}"
     row.append(_panel(title, trained, faces_at(size), lines, seed, metrics[name]["trained"]))

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 # Settings that must match for --resume to continue the same run. Which faces are trained on is
 # checked by TrainState.pool_fingerprint (the people files' paths may change, their people not).
 RESUME_KEYS = ("model", "data", "min_images", "image_size", "identities_per_batch", "images_per_identity",
-               "steps_per_epoch", "seed", "mining", "margin", "soft_margin", "lr", "mixed_precision",
-               "augmentation")
+               "steps_per_epoch", "seed", "mining", "margin", "soft_margin", "lr", "lr_schedule",
+               "mixed_precision", "augmentation")
 
 
 class ResumeError(ValueError):

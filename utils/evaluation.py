@@ -139,7 +139,7 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
     else:
         verification = train_test_verification(distances["train"], same["train"], distances["test"],
                                                same["test"], thresholds)
-    fallback = [image for image, row in zip(images, rows) if not aligned.detected[row]]
+    fallback = [image for image, row in zip(images, rows, strict=True) if not aligned.detected[row]]
     return LFWResult(protocol, metric, flip, verification, n_images=len(images), n_fallback=len(fallback),
                      fallback_images=fallback,
                      seconds=time.perf_counter() - start)

@@ -64,7 +64,7 @@ def write_moving_faces_video(path: Path, scenes: list[list[np.ndarray]], frames_
             base = background(number)
             for k in range(frames_per_scene):
                 frame = base.copy()
-                for sprite, (x, y) in zip(sprites, sprite_positions(len(sprites), sprites[0].shape[0], k)):
+                for sprite, (x, y) in zip(sprites, sprite_positions(len(sprites), sprites[0].shape[0], k), strict=True):
                     h = min(sprite.shape[0], FRAME_SIZE[1] - y)
                     w = min(sprite.shape[1], FRAME_SIZE[0] - x)
                     frame[y:y + h, x:x + w] = sprite[:h, :w]

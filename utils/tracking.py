@@ -88,7 +88,7 @@ class VideoRecognizer:
             return []
         faces = np.stack([self.aligner.align(rgb, box) for box in boxes])
         matches = match(self.embed(faces), self.gallery, self.threshold)
-        return [RecognizedFace(_box(box), m) for box, m in zip(boxes, matches)]
+        return [RecognizedFace(_box(box), m) for box, m in zip(boxes, matches, strict=True)]
 
     def process(self, rgb: np.ndarray) -> list[RecognizedFace]:
         """The faces of the next frame (frames must come in order)."""

@@ -37,6 +37,8 @@ from utils.training_stops import CollapseDetector, StopSignals, make_stop_vote
 from utils.triplet_loss import get_loss, pairwise_squared_distances
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+LR_SCHEDULES = ("cosine", "constant")
+FINAL_LR_FRACTION = 0.01
 EXIT_CODES = {"completed": 0, "time-budget": 0, "interrupted": 130, "nan": 3, "collapsed": 4}
 
 
@@ -61,6 +63,7 @@ class TrainConfig:
     mining: str = "semi-hard"
     soft_margin: bool = False
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
     image_size: int = 96
     seed: int = 0
     time_budget_hours: float | None = None
@@ -79,6 +82,19 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
+
+
+def learning_rate(config: TrainConfig, step: int, wall_seconds: float) -> float:
+    """The Adam learning rate for the next step: constant, or a cosine from ``lr`` down to
+    ``FINAL_LR_FRACTION * lr`` over the run, whose progress is its share of the steps or of the
+    time budget, whichever is further along (a budgeted run anneals by the time it will stop)."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = step / config.total_steps
+    if config.time_budget_hours:
+        progress = max(progress, wall_seconds / (config.time_budget_hours * 3600))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr * (FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * cosine)
 
 
 @dataclass
@@ -212,6 +228,7 @@ def close_epoch(state: TrainState, config: TrainConfig) -> dict[str, float]:
            "images_seen": state.step * config.batch_size, "wall_hours": state.wall_seconds / 3600,
            "loss": state.epoch_loss_sum / n, "active_fraction": state.epoch_active_sum / n,
            "mean_distance": state.epoch_distance_sum / n,
+           "lr": learning_rate(config, state.step, state.wall_seconds),
            "images_per_second": n * config.batch_size / max(state.epoch_train_seconds, 1e-9)}
     state.epoch_loss_sum = state.epoch_active_sum = state.epoch_distance_sum = 0.0
     state.epoch_train_seconds = 0.0
@@ -247,7 +264,7 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
     budget = config.time_budget_hours * 3600 if config.time_budget_hours else math.inf
     log(f"training {config.model} on {len(faces)} faces of {faces.num_identities} identities: "
         f"{config.identities_per_batch} x {config.images_per_identity} batches, {config.mining} mining, "
-        f"margin {config.margin}, lr {config.lr}, {strategy.num_replicas_in_sync} replica(s), "
+        f"margin {config.margin}, lr {config.lr} ({config.lr_schedule}), {strategy.num_replicas_in_sync} replica(s), "
         f"steps {state.step} -> {config.total_steps}")
     run_start, wall_before = time.monotonic(), state.wall_seconds
 
@@ -279,6 +296,7 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
     with StopSignals() as signals, TrainingLog(config.log_dir, enabled=chief) as logs:
         while state.step < config.total_steps:
             started = time.monotonic()
+            optimizer.learning_rate = learning_rate(config, state.step, state.wall_seconds)
             loss, active, distance = (float(x) for x in train_step(iterator))
             if not np.isfinite(loss):
                 return TrainResult("nan", f"the loss became {loss} at step {state.step + 1}; the last checkpoint "

@@ -58,7 +58,7 @@ def training_record(config: TrainConfig, state: TrainState, faces: TrainingFaces
             "excluded_people_files": config.exclude_people,
             "identities": faces.num_identities, "images": len(faces),
             "mining": config.mining, "margin": config.margin, "soft_margin": config.soft_margin,
-            "lr": config.lr, "optimizer": "adam",
+            "lr": config.lr, "lr_schedule": config.lr_schedule, "optimizer": "adam",
             "identities_per_batch": config.identities_per_batch,
             "images_per_identity": config.images_per_identity, "seed": config.seed,
             "strategy": config.strategy, "mixed_precision": config.mixed_precision,
