@@ -27,6 +27,7 @@ from utils.paths import BENCHMARK_RESULTS_DIR, lfw_dir, lfw_protocol_dir  # noqa
 
 def _parser() -> argparse.ArgumentParser:
     from models import MODEL_NAMES
+    from utils.evaluation import PROTOCOLS
 
     parser = argparse.ArgumentParser(
         description="LFW face-verification benchmark: accuracy +- std over folds (threshold chosen on the "
@@ -46,9 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lfw", type=Path, default=lfw_dir(), help="LFW image folder (default: %(default)s)")
     parser.add_argument("--pairs-dir", type=Path, default=lfw_protocol_dir(),
                         help="folder of pairs.txt / pairsDevTrain.txt / pairsDevTest.txt (default: %(default)s)")
-    parser.add_argument("--protocol", choices=["view2", "view1"], default="view2",
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="view2",
                         help="view2: 10-fold on pairs.txt (the benchmark); view1: threshold on pairsDevTrain, "
-                             "scored on pairsDevTest (default: view2)")
+                             "scored on pairsDevTest; view2-unseen: the View 2 folds cut to the 1,147 pairs "
+                             "whose two people are in peopleDevTest.txt, whom train.py never trains on, so our "
+                             "models are scored on strangers (870 pairs are same-person: compare AUC and EER) "
+                             "(default: view2)")
     parser.add_argument("--flip", action="store_true",
                         help="average each face's embedding with its mirror image's (Keras models only)")
     parser.add_argument("--metric", choices=["sqeuclidean", "cosine"], default="sqeuclidean",

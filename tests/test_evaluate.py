@@ -128,6 +128,22 @@ def test_evaluate_lfw_embeds_each_image_once_and_pairs_them_right(tiny):
     assert inverted.metric == "cosine" and inverted.verification.accuracy == 1.0
 
 
+def test_view2_unseen_keeps_the_folds_pairs_of_dev_test_people_only(tiny, tmp_path):
+    _, protocol, aligned = tiny
+    shutil.copytree(protocol, tmp_path / "protocol")
+    (tmp_path / "protocol" / "peopleDevTest.txt").write_text("2\nGeorge_W_Bush\t3\nColin_Powell\t3\n")
+    seen = []
+
+    def embedder(cache, rows):
+        seen.extend(cache.identities[row] for row in rows)
+        return one_hot_identity(cache, rows)
+
+    result = evaluate_lfw(embedder, "view2-unseen", aligned=aligned, protocol_dir=tmp_path / "protocol")
+    assert result.n_pairs == 4 and set(seen) == {"George_W_Bush", "Colin_Powell"}
+    assert len(result.verification.fold_accuracies) == 2  # fold 0: three pairs, fold 1: one
+    assert result.verification.auc == 1.0
+
+
 def test_keras_model_runs_through_the_cache(tiny, small_model):
     _, protocol, aligned = tiny
     result = evaluate_lfw(small_model, "view1", aligned=aligned, protocol_dir=protocol, flip=True)
