@@ -258,7 +258,8 @@ def load_openface_weights(model: keras.Model, path: str | Path) -> keras.Model:
 
 
 def pretrained_openface(path: str | Path | None = None) -> keras.Model:
-    """nn4.small2.v1 with its pretrained weights (default: weights/openface_nn4_small2_v1.weights.h5),
+    """nn4.small2.v1 with its pretrained weights (default: weights/openface_nn4_small2_v1.weights.h5, made
+    from the published .t7 on first use),
     through ``models.weights.load_model``; `models.weights.MissingWeightsError` says how to get them."""
     return load_model(MODEL_NAME, path)
 
@@ -340,14 +341,24 @@ def download_t7(dest_dir: str | Path | None = None, url: str | None = OFFICIAL_U
 # ----------------------------------------------------------------------------- command line
 
 def convert(source: str | Path, out: str | Path = DEFAULT_WEIGHTS) -> Path:
-    """Load any accepted source into a fresh model and save it as Keras .weights.h5."""
+    """Load any accepted source into a fresh model and save it (atomically) as Keras .weights.h5."""
     out = Path(out)
     if not out.name.endswith(".weights.h5"):
         raise ValueError(f"{out}: the output file name must end in .weights.h5")
     model = load_openface_weights(build(), source)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model.save_weights(out)
+    with atomic_path(out) as tmp:
+        model.save_weights(tmp)
     return out
+
+
+def fetch_and_convert(out: str | Path = DEFAULT_WEIGHTS) -> Path:
+    """The Keras weights file ``out``, made on first use from the verified .t7 (``download_t7``).
+
+    They are not committed: the .t7 is the published original, and the conversion is exact.
+    """
+    log.warning("%s is not there yet: fetching %s (SHA-1 checked) and converting it, once", out, T7_NAME)
+    return convert(download_t7(), out)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -72,6 +72,18 @@ def _missing_weights_hint(name: str, path: Path) -> str:
     return f"train it with `python train.py --model {name}` or pass --weights PATH"
 
 
+def _fetch_openface(path: Path) -> None:
+    """Make the default OpenFace weights file from the published .t7 (downloaded once, verified)."""
+    from models.openface_weights import OpenFaceDownloadError, fetch_and_convert
+
+    try:
+        fetch_and_convert(path)
+    except (OpenFaceDownloadError, OSError) as err:
+        raise MissingWeightsError(f"weights file not found: {path}, and it could not be made from the "
+                                  f"published .t7: {err} ({_missing_weights_hint('openface_nn4_small2', path)})"
+                                  ) from err
+
+
 def load_model(name: str, weights: str | Path | None = None, input_size: int | None = None) -> keras.Model:
     """Build a registry model and load its weights (the default file unless a path is given).
 
@@ -80,6 +92,8 @@ def load_model(name: str, weights: str | Path | None = None, input_size: int | N
     96 and 128 when there is none. An explicit input_size wins.
     """
     path = Path(weights) if weights else weights_path(name)
+    if not path.exists() and weights is None and name == "openface_nn4_small2":
+        _fetch_openface(path)
     if not path.exists():
         raise MissingWeightsError(f"weights file not found: {path} ({_missing_weights_hint(name, path)})")
     if path.is_dir():

