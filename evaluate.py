@@ -133,20 +133,22 @@ def _table(rows) -> str:
 
 
 def _store_metadata(args: argparse.Namespace, rows) -> list[str]:
-    """Record View 2 figures in the metadata of registry models evaluated with their default weights."""
+    """Record View 2 figures (``lfw_view2``, or ``lfw_view2_unseen`` for that protocol) in the
+    metadata of registry models evaluated with their default weights; returns the models' names."""
     from models.weights import update_metadata, weights_path
 
-    if args.protocol != "view2" or args.metric != "sqeuclidean" or args.flip:
+    if args.protocol == "view1" or args.metric != "sqeuclidean" or args.flip:
         return []
     stored = []
     for name, weights, result, _ in rows:
         if weights is None or Path(weights).resolve() != weights_path(name).resolve():
             continue
         v = result.verification
-        update_metadata(name, lfw_view2={
-            "accuracy": v.accuracy, "accuracy_std": v.accuracy_std, "auc": v.auc, "threshold": v.threshold,
-            "metric": args.metric, "flip": False, "n_pairs": v.n_pairs, "n_fallback": result.n_fallback,
-            "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        key = "lfw_" + args.protocol.replace("-", "_")
+        update_metadata(name, **{key: {
+            "accuracy": v.accuracy, "accuracy_std": v.accuracy_std, "auc": v.auc, "eer": v.eer,
+            "threshold": v.threshold, "metric": args.metric, "flip": False, "n_pairs": v.n_pairs,
+            "n_fallback": result.n_fallback, "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds")}})
         stored.append(name)
     return stored
 
@@ -196,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"JSON: {json_path}")
     print(f"ROC:  {png}")
     for name in stored:
-        print(f"stored lfw_view2 figures in the metadata of {name}")
+        print(f"stored the {args.protocol} figures in the metadata of {name}")
     return 0
 
 

@@ -242,6 +242,19 @@ def test_cli_view2_two_models_and_metadata(tiny, tmp_path, random_ang, capsys):
     assert metadata["auc"] == ang["auc"] and metadata["accuracy_std"] == ang["accuracy_std"]
     table = [line for line in out.splitlines() if line.startswith(("ang ", "dlib_resnet "))]
     assert len(table) == 2
+    assert "lfw_view2_unseen" not in json.loads((random_ang / "ang.json").read_text())
+
+
+def test_cli_view2_unseen_stores_its_own_metadata_entry(tiny, tmp_path, random_ang, capsys):
+    root, protocol, _ = tiny
+    shutil.copytree(protocol, tmp_path / "protocol")
+    (tmp_path / "protocol" / "peopleDevTest.txt").write_text("2\nGeorge_W_Bush\t3\nColin_Powell\t3\n")
+    code, out, err = run_cli(capsys, "--model", "ang", "--lfw", root, "--pairs-dir", tmp_path / "protocol",
+                             "--protocol", "view2-unseen", "--workers", 1, "--out", tmp_path / "out")
+    assert code == 0, err
+    metadata = json.loads((random_ang / "ang.json").read_text())
+    assert "lfw_view2" not in metadata and metadata["lfw_view2_unseen"]["n_pairs"] == 4
+    assert "stored the view2-unseen figures in the metadata of ang" in out
 
 
 @pytest.mark.parametrize("change, message", [

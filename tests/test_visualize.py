@@ -80,6 +80,7 @@ TRAINING_METADATA = {
     "training": {"wall_hours": 1.52, "hardware": "AMD EPYC (2 cores)", "images_seen": 640_000,
                  "best_validation": {"val_accuracy": 0.79, "val_auc": 0.87, "epoch": 5.0}},
     "lfw_view2": {"accuracy": 0.8123, "accuracy_std": 0.0151, "auc": 0.88, "threshold": 1.05},
+    "lfw_view2_unseen": {"accuracy": 0.8, "accuracy_std": 0.02, "auc": 0.8561, "threshold": 1.0},
 }
 
 
@@ -98,7 +99,8 @@ def test_trained_panel_reports_the_training_record(reduced_faces, tmp_path, weig
     assert visualize.main(["--faces", str(reduced_faces), "--models", "ang", "--no-openface", "--out", str(out)]) == 0
     trained = json.loads((out / "visualize_metrics.json").read_text())["models"]["ang"]["trained"]
     assert trained["title"] == "ang: trained 1.5 h on AMD EPYC (2 cores), 640k images"
-    assert trained["lines"] == ["LFW View 1 accuracy 0.790", "LFW View 2 0.812 ± 0.015"]
+    # Full View 2 is left out for a model trained here: its folds hold the people it trained on.
+    assert trained["lines"] == ["LFW View 1 accuracy 0.790", "View 2 AUC, unseen people 0.856"]
     assert 0.0 <= trained["loo_1nn_accuracy"] <= 1.0
 
 
