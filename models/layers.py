@@ -74,6 +74,8 @@ class LocalResponseNorm(keras.layers.Layer):
     """Cross-channel local response normalisation, Torch's SpatialCrossMapLRN convention.
 
     y = x / (k + alpha / size * sum_{size neighbouring channels} x^2) ** beta
+
+    Computed in float32 whatever the input's type (TensorFlow's CPU kernel has no bfloat16).
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, **kwargs):
@@ -83,8 +85,10 @@ class LocalResponseNorm(keras.layers.Layer):
     def call(self, x):
         import tensorflow as tf
 
-        return tf.nn.local_response_normalization(
-            x, depth_radius=self.size // 2, bias=self.k, alpha=self.alpha / self.size, beta=self.beta)
+        y = tf.nn.local_response_normalization(
+            tf.cast(x, "float32"), depth_radius=self.size // 2, bias=self.k, alpha=self.alpha / self.size,
+            beta=self.beta)
+        return tf.cast(y, x.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

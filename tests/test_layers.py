@@ -30,6 +30,15 @@ def test_local_response_norm_matches_torch_formula():
     assert np.allclose(out, x / (1.0 + 1e-4 / 5 * window) ** 0.75, atol=1e-6)
 
 
+def test_local_response_norm_runs_in_bfloat16_as_mixed_precision_trains_it():
+    import keras
+    x = np.random.default_rng(1).normal(size=(2, 3, 3, 8)).astype(np.float32) * 4
+    reference = np.asarray(LocalResponseNorm(5, 1e-4, 0.75, 1.0)(x))
+    out = LocalResponseNorm(5, 1e-4, 0.75, 1.0, dtype="mixed_bfloat16")(x)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    np.testing.assert_allclose(np.asarray(out, np.float32), reference, rtol=2e-2, atol=2e-2)
+
+
 def test_l2_normalize_gives_unit_vectors():
     x = np.random.default_rng(2).normal(size=(4, 128)).astype(np.float32)
     assert np.allclose(np.linalg.norm(np.asarray(L2Normalize()(x)), axis=1), 1.0, atol=1e-6)
