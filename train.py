@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train(args: argparse.Namespace) -> int:
     """Run training as the arguments say; returns the exit code (2 with a message for bad input)."""
+    import tensorflow as tf
+
     from models.weights import weights_path
     from utils.training import TrainConfig, TrainingError, run
     from utils.training_data import default_exclusions
@@ -165,6 +167,11 @@ def train(args: argparse.Namespace) -> int:
         return run(config, validation=not args.no_validation)
     except (TrainingError, ValueError, OSError) as err:  # DatasetError, ResumeError: ValueErrors
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except tf.errors.OpError as err:  # e.g. out of GPU memory, or an op the device cannot run
+        print(f"error: TensorFlow could not run the training step ({type(err).__name__}: "
+              f"{err.message.splitlines()[0]}); the last checkpoint in {config.checkpoint_dir}, if any, is "
+              "intact", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from models.layers import L2Normalize
 from utils.batching import TrainingFaces
@@ -534,6 +535,19 @@ def test_cli_reports_missing_data_without_a_traceback(tmp_path):
     done = run_cli("--model", "ang", "--data", str(tmp_path / "nowhere"), "--checkpoint-dir", str(tmp_path / "c"))
     assert done.returncode == 2
     assert "error: training data not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_reports_a_tensorflow_failure_without_a_traceback(tmp_path, monkeypatch, capsys):
+    import train
+
+    def out_of_memory(config, validation):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor\nwith shape [128, 96]")
+
+    monkeypatch.setattr("utils.training.run", out_of_memory)
+    assert train.main(["--model", "nn2", "--checkpoint-dir", str(tmp_path / "c"), "--log-dir", str(tmp_path / "l"),
+                       "--weights-out", str(tmp_path / "nn2.weights.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "ResourceExhaustedError: OOM when allocating tensor)" in err and str(tmp_path / "c") in err
 
 
 def test_cli_trains_a_registry_model_on_a_folder_tree(tmp_path, shared_data):
