@@ -102,6 +102,11 @@ def test_trained_panel_reports_the_training_record(reduced_faces, tmp_path, weig
     # Full View 2 is left out for a model trained here: its folds hold the people it trained on.
     assert trained["lines"] == ["LFW View 1 accuracy 0.790", "View 2 AUC, unseen people 0.856"]
     assert 0.0 <= trained["loo_1nn_accuracy"] <= 1.0
+    short = {**TRAINING_METADATA, "training": {**TRAINING_METADATA["training"], "weights_wall_hours": 0.292}}
+    (weights_dir / "ang.json").write_text(json.dumps(short))
+    assert visualize.main(["--faces", str(reduced_faces), "--models", "ang", "--no-openface", "--out", str(out)]) == 0
+    trained = json.loads((out / "visualize_metrics.json").read_text())["models"]["ang"]["trained"]
+    assert trained["title"] == "ang: trained 18 min on AMD EPYC (2 cores), 640k images"  # the kept weights' time
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -95,7 +95,7 @@ def _trained_lines(name: str) -> tuple[str, list[str]]:
     images = training.get("weights_images_seen", training.get("images_seen"))
     budget = "trained"
     if isinstance(hours, (int, float)):
-        budget += f" {hours:.1f} h"
+        budget += f" {hours:.1f} h" if hours >= 1 else f" {hours * 60:.0f} min"
     if training.get("hardware"):
         budget += f" on {training['hardware']}"
     if isinstance(images, int):
