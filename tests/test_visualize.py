@@ -102,11 +102,6 @@ def test_trained_panel_reports_the_training_record(reduced_faces, tmp_path, weig
     # Full View 2 is left out for a model trained here: its folds hold the people it trained on.
     assert trained["lines"] == ["LFW View 1 accuracy 0.790", "View 2 AUC, unseen people 0.856"]
     assert 0.0 <= trained["loo_1nn_accuracy"] <= 1.0
-    short = {**TRAINING_METADATA, "training": {**TRAINING_METADATA["training"], "weights_wall_hours": 0.292}}
-    (weights_dir / "ang.json").write_text(json.dumps(short))
-    assert visualize.main(["--faces", str(reduced_faces), "--models", "ang", "--no-openface", "--out", str(out)]) == 0
-    trained = json.loads((out / "visualize_metrics.json").read_text())["models"]["ang"]["trained"]
-    assert trained["title"] == "ang: trained 18 min on AMD EPYC (2 cores), 640k images"  # the kept weights' time
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -152,4 +147,4 @@ def test_trained_panel_describes_the_kept_weights_not_the_whole_run(reduced_face
     out = tmp_path / "results"
     assert visualize.main(["--faces", str(reduced_faces), "--models", "ang", "--no-openface", "--out", str(out)]) == 0
     trained = json.loads((out / "visualize_metrics.json").read_text())["models"]["ang"]["trained"]
-    assert trained["title"] == "ang: trained 0.3 h on AMD EPYC (2 cores), 134k images"
+    assert trained["title"] == "ang: trained 16 min on AMD EPYC (2 cores), 134k images"  # under 1 h: minutes
