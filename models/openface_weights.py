@@ -258,9 +258,9 @@ def load_openface_weights(model: keras.Model, path: str | Path) -> keras.Model:
 
 
 def pretrained_openface(path: str | Path | None = None) -> keras.Model:
-    """nn4.small2.v1 with its pretrained weights (default: weights/openface_nn4_small2_v1.weights.h5, made
-    from the published .t7 on first use),
-    through ``models.weights.load_model``; `models.weights.MissingWeightsError` says how to get them."""
+    """nn4.small2.v1 with its pretrained weights through ``models.weights.load_model`` (default:
+    weights/openface_nn4_small2_v1.weights.h5, made from the published .t7 on first use);
+    `models.weights.MissingWeightsError` says how to get them."""
     return load_model(MODEL_NAME, path)
 
 

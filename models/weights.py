@@ -89,7 +89,8 @@ def load_model(name: str, weights: str | Path | None = None, input_size: int | N
 
     The input size and embedding size are the ones the weights were trained with, read from the
     metadata beside the weights file (``input_size``, ``embedding_size``, written by training);
-    96 and 128 when there is none. An explicit input_size wins.
+    96 and 128 when there is none. An explicit input_size wins. OpenFace's default weights
+    file is made from the published, SHA-1-checked .t7 the first time it is needed.
     """
     path = Path(weights) if weights else weights_path(name)
     if not path.exists() and weights is None and name == "openface_nn4_small2":
