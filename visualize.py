@@ -26,7 +26,8 @@ from utils.paths import BENCHMARK_FACES_DIR, BENCHMARK_RESULTS_DIR
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lfw", type=Path, default=None,
-                        help="LFW folder to take the benchmark faces from (default: ../shared/data/lfw; downloaded to data/lfw when there is none)")
+                        help="LFW folder to take the benchmark faces from (default: ../shared/data/lfw; "
+                             "downloaded to data/lfw when there is none)")
     parser.add_argument("--faces", type=Path, default=BENCHMARK_FACES_DIR,
                         help="folder-per-person images to embed (default: benchmark_faces/)")
     parser.add_argument("--models", nargs="+", default=None,

@@ -171,7 +171,8 @@ def test_enrolment_name_is_stripped():
 
 class ToyGallery:
     def __init__(self, people, embeddings, person_index):
-        self.people, self.embeddings, self.person_index = people, np.asarray(embeddings, np.float32), np.array(person_index)
+        self.people, self.person_index = people, np.array(person_index)
+        self.embeddings = np.asarray(embeddings, np.float32)
 
 
 def unit(*values):

@@ -49,7 +49,8 @@ def test_figures_and_metrics(reduced_faces, tmp_path, capsys):
 def test_same_seed_same_numbers(reduced_faces, tmp_path):
     runs = []
     for name in ("a", "b"):
-        visualize.main(["--faces", str(reduced_faces), "--models", "ang", "--no-openface", "--out", str(tmp_path / name)])
+        visualize.main(["--faces", str(reduced_faces), "--models", "ang", "--no-openface",
+                        "--out", str(tmp_path / name)])
         runs.append(json.loads((tmp_path / name / "visualize_metrics.json").read_text()))
     assert runs[0] == runs[1]
 
