@@ -38,8 +38,8 @@ sampled with replacement. Identities are namespaced per dataset.
 
 Every epoch writes <log-dir>/metrics.csv, <log-dir>/training_curves.png, TensorBoard events in
 <log-dir>/tensorboard and a checkpoint in <checkpoint-dir>. Exit codes: 0 done or time budget
-reached, 2 bad input or an unwritable output folder, 3 NaN loss, 4 collapse (all embeddings at
-one point), 130 stopped by Ctrl-C or SIGTERM (during the training steps: after a checkpoint)."""
+reached, 2 bad input, an unwritable output folder or a step TensorFlow cannot run (out of
+memory, say), 3 NaN loss, 4 collapse (all embeddings at one point), 130 stopped by Ctrl-C or SIGTERM (during the training steps: after a checkpoint)."""
 MIN_IMAGE_SIZE = 96  # the smallest input the architectures take (models.blocks.face_input)
 
 
@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train(args: argparse.Namespace) -> int:
-    """Run training as the arguments say; returns the exit code (2 with a message for bad input)."""
+    """Run training as the arguments say; returns the exit code (2 with a message for bad input or a
+    failed TensorFlow step)."""
     import tensorflow as tf
 
     from models.weights import weights_path
