@@ -39,7 +39,8 @@ sampled with replacement. Identities are namespaced per dataset.
 Every epoch writes <log-dir>/metrics.csv, <log-dir>/training_curves.png, TensorBoard events in
 <log-dir>/tensorboard and a checkpoint in <checkpoint-dir>. Exit codes: 0 done or time budget
 reached, 2 bad input, an unwritable output folder or a step TensorFlow cannot run (out of
-memory, say), 3 NaN loss, 4 collapse (all embeddings at one point), 130 stopped by Ctrl-C or SIGTERM (during the training steps: after a checkpoint)."""
+memory, say), 3 NaN loss, 4 collapse (all embeddings at one point), 130 stopped by Ctrl-C or
+SIGTERM (during the training steps: after a checkpoint)."""
 MIN_IMAGE_SIZE = 96  # the smallest input the architectures take (models.blocks.face_input)
 
 
