@@ -4,8 +4,10 @@
 
 trains on the LFW people outside View 1 DevTest (and outside the 10 benchmark-face people)
 plus ../shared/data/celeba-subset, validates on LFW View 1 after every epoch and keeps the
-best weights in weights/<model>.weights.h5 with weights/<model>.json. Ctrl-C stops after a
-checkpoint; ``--resume`` continues exactly where the checkpoint stands.
+weights of the epoch with the best View 1 AUC in weights/<model>.weights.h5 with
+weights/<model>.json. Ctrl-C stops after a checkpoint; ``--resume`` continues exactly where the
+checkpoint stands; resuming with a larger --time-budget trains on (the cosine schedule is
+stretched to the new budget).
 
 Several machines (--strategy multiworker): start the same command on every machine, each with
 a TF_CONFIG environment variable naming the whole cluster and its own place in it, e.g. on the
@@ -128,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, batches and augmentation (default 0)")
     p.add_argument("--time-budget", type=float_above(0.0), metavar="HOURS",
-                   help="stop (after validating and checkpointing) once this much wall time is spent")
+                   help="stop (after validating and checkpointing) once this much wall time is spent, "
+                        "counted over --resume as well")
     p.add_argument("--strategy", choices=STRATEGIES, default="default",
                    help="default: one device; mirrored: all local GPUs; multiworker: several machines "
                         "from TF_CONFIG (see above)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,8 +105,8 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     assert Path(config.weights_out).is_file()
     reloaded = tiny_model()
     reloaded.load_weights(config.weights_out)
-    best_epoch = max(result.state.history, key=lambda row: row["val_accuracy"])
-    assert synthetic_evaluator()(reloaded)["accuracy"] == pytest.approx(best_epoch["val_accuracy"])
+    best_epoch = max(result.state.history, key=lambda row: row["val_auc"])
+    assert synthetic_evaluator()(reloaded)["auc"] == pytest.approx(best_epoch["val_auc"])
     record = written[-1]
     assert record["architecture"] == "tiny" and record["input_size"] == SIZE and record["embedding_size"] == 16
     training = record["training"]
@@ -115,7 +116,8 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     assert training["weights_wall_hours"] == pytest.approx(best_epoch["wall_hours"], abs=1e-4)
     assert training["weights_file"] == config.weights_out
     assert training["mining"] == "semi-hard" and training["margin"] == 0.2 and training["lr"] == 3e-3
-    assert training["best_validation"]["val_accuracy"] == best_epoch["val_accuracy"]
+    assert training["best_validation"]["val_auc"] == best_epoch["val_auc"]
+    assert training["weights_selected_by"] == "val_auc"
     assert training["lr_schedule"] == "cosine" and first["lr"] > second["lr"] == pytest.approx(3e-5)
     assert training["final_validation"]["step"] == 24 and training["wall_hours"] > 0
     assert training["hardware"]
@@ -298,6 +300,50 @@ def weights_of(path: str) -> list[np.ndarray]:
     return model.get_weights()
 
 
+def test_the_kept_weights_are_the_epoch_with_the_best_auc_not_the_best_accuracy(tmp_path):
+    # View 1 accuracy uses a threshold fit on people that training saw, so it can fall while
+    # AUC rises: epoch 1 has the higher accuracy, epoch 2 the higher AUC and is the one kept.
+    figures = iter([{"accuracy": 0.90, "auc": 0.80}, {"accuracy": 0.70, "auc": 0.85}])
+    config = config_for(tmp_path)
+    written = []
+    result = fit(config, synthetic_faces(30, 6, seed=0), tiny_model, lambda model: next(figures),
+                 metadata=written.append, log=lambda m: None)
+    assert result.state.best["step"] == 24 and result.state.best["val_auc"] == 0.85
+    assert written[-1]["training"]["weights_step"] == 24
+    final = Checkpoints(config.checkpoint_dir).latest() / "model.weights.h5"
+    kept, last = tiny_model(), tiny_model()
+    kept.load_weights(config.weights_out)
+    last.load_weights(final)
+    for a, b in zip(kept.get_weights(), last.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_keeps_the_best_auc_of_the_history_even_if_another_rule_kept_other_weights(tmp_path):
+    # Epoch 1 has the higher AUC; pretend an older rule kept epoch 2 (the run's last weights).
+    figures = iter([{"accuracy": 0.70, "auc": 0.85}, {"accuracy": 0.90, "auc": 0.80}])
+    config = config_for(tmp_path)
+    faces = synthetic_faces(30, 6, seed=0)
+    fit(config, faces, tiny_model, lambda model: next(figures), log=lambda m: None)
+    checkpoints = Checkpoints(config.checkpoint_dir)
+    state_file = checkpoints.latest() / "state.json"
+    saved = json.loads(state_file.read_text())
+    saved["state"]["best"] = saved["state"]["history"][-1]
+    state_file.write_text(json.dumps(saved))
+    shutil.copyfile(checkpoints.latest() / "model.weights.h5", config.weights_out)
+
+    written, messages = [], []
+    result = fit(config_for(tmp_path, resume=True), faces, tiny_model, lambda model: next(figures),
+                 metadata=written.append, log=messages.append)
+    assert result.status == "completed" and result.state.step == 24 and len(result.state.history) == 2
+    assert result.state.best["step"] == 12 and written[-1]["training"]["weights_step"] == 12
+    assert any("kept weights: step 12" in m for m in messages)
+    kept, epoch_1 = tiny_model(), tiny_model()
+    kept.load_weights(config.weights_out)
+    epoch_1.load_weights(Path(config.checkpoint_dir) / "epoch_001.weights.h5")
+    for a, b in zip(kept.get_weights(), epoch_1.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_killed_and_interrupted_runs_resume_exactly(tmp_path):
     """SIGKILL mid-epoch, resume, SIGTERM mid-epoch, resume: same steps, losses and weights as one run."""
     settings = {"epochs": 3, "steps_per_epoch": 40, "identities_per_batch": 8, "images_per_identity": 4}
@@ -420,6 +466,11 @@ def test_time_budget_stops_after_validating_and_checkpointing(tmp_path):
     assert len(result.state.history) == 1 and "val_accuracy" in result.state.history[0]
     assert Path(config.weights_out).is_file()
     assert Checkpoints(config.checkpoint_dir).latest().name == "step-1"
+    # Resumed with the budget already spent: nothing more is trained.
+    again = fit(config_for(tmp_path, time_budget_hours=1e-7, resume=True), synthetic_faces(12, 4, 0), tiny_model,
+                synthetic_evaluator(), log=lambda m: None)
+    assert again.status == "time-budget" and again.state.step == 1 and "already spent" in again.message
+    assert len(again.state.history) == 1
 
 
 def test_mixed_precision_keeps_a_float32_output_and_plain_weights(tmp_path):

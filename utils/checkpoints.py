@@ -31,6 +31,12 @@ RESUME_KEYS = ("model", "data", "min_images", "image_size", "identities_per_batc
                "mixed_precision", "augmentation")
 
 
+# The validation figure that picks the saved weights: View 1 AUC, which needs no threshold. (The
+# accuracy's threshold is fit on pairsDevTrain.txt, whose people training draws from, so it
+# drifts from the one that suits strangers and can fall while AUC rises.)
+SELECTED_BY = "val_auc"
+
+
 class ResumeError(ValueError):
     """A run cannot be resumed (or would overwrite one); the message says why and what to do."""
 
@@ -49,7 +55,7 @@ class TrainState:
     epoch_train_seconds: float = 0.0
     epoch_steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    best: dict[str, float] | None = None  # the history row of the saved (best) weights
+    best: dict[str, float] | None = None  # the history row of the saved weights (highest SELECTED_BY)
 
 
 def save_weights_atomic(model: keras.Model, path: str | Path) -> None:
@@ -96,6 +102,15 @@ class Checkpoints:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def weights_of(self, row: dict[str, float], state: TrainState, config: TrainConfig) -> Path | None:
+        """The file holding the weights of a history row: the latest checkpoint's for the run's
+        current step, else the row's epoch snapshot if it closed a whole epoch (a snapshot of a
+        part epoch is overwritten when that epoch is finished); None when no file holds them."""
+        if row["step"] == state.step and self.latest() is not None:
+            return self.latest() / "model.weights.h5"
+        snapshot = self.folder / f"epoch_{row['step'] // config.steps_per_epoch:03d}.weights.h5"
+        return snapshot if row["step"] % config.steps_per_epoch == 0 and snapshot.is_file() else None
 
     def restore(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
                 config: TrainConfig) -> TrainState:

@@ -3,7 +3,7 @@
 One run = ``epochs`` x ``steps_per_epoch`` steps of P x K batches (utils.batching) with an
 online-mined triplet loss (utils.triplet_loss), Adam, a custom ``tf.function`` step under a
 ``tf.distribute`` strategy. After every epoch: LFW View 1 validation (or a given evaluator),
-the weights when validation accuracy improves, their metadata (utils.training_metadata), a
+the weights when validation AUC improves, their metadata (utils.training_metadata), a
 checkpoint (utils.checkpoints) and the CSV/TensorBoard/PNG logs (utils.training_log).
 
 The batches are a pure function of (seed, step), so the step number is the data pipeline's
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +29,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from utils.atomic import atomic_path
 from utils.batching import PKSampler, TrainingFaces, training_dataset
-from utils.checkpoints import Checkpoints, ResumeError, TrainState, save_weights_atomic
+from utils.checkpoints import SELECTED_BY, Checkpoints, ResumeError, TrainState, save_weights_atomic
 from utils.training_data import Evaluator, lfw_view1_evaluator, load_training_data
 from utils.training_log import TrainingLog
 from utils.training_metadata import metadata_writer, training_record
@@ -221,6 +223,24 @@ def start_or_resume(config: TrainConfig, checkpoints: Checkpoints, model: keras.
     return state
 
 
+def keep_best_of_history(state: TrainState, checkpoints: Checkpoints, config: TrainConfig,
+                         log: Callable[[str], None]) -> bool:
+    """Make ``config.weights_out`` the epoch with the highest SELECTED_BY among those whose weights
+    a checkpoint file still holds (on --resume: the run may have kept its weights by another rule
+    before). Returns whether the kept weights changed."""
+    held = [row for row in state.history if SELECTED_BY in row and checkpoints.weights_of(row, state, config)]
+    if not held:
+        return False
+    best = max(reversed(held), key=lambda row: row[SELECTED_BY])  # a tie goes to the later epoch
+    if state.best is not None and best["step"] == state.best["step"]:
+        return False
+    with atomic_path(config.weights_out) as tmp:
+        shutil.copyfile(checkpoints.weights_of(best, state, config), tmp)
+    state.best = best
+    log(f"kept weights: step {best['step']}, the highest View 1 {SELECTED_BY[4:]} ({best[SELECTED_BY]:.4f})")
+    return True
+
+
 def close_epoch(state: TrainState, config: TrainConfig) -> dict[str, float]:
     """The history row of the epoch's training figures; resets the epoch sums."""
     n = max(state.epoch_steps, 1)
@@ -241,8 +261,8 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
         log: Callable[[str], None] = print, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Train ``build_model()`` on ``faces``; see the module docstring for what each epoch writes.
 
-    ``evaluate(model)`` returns validation figures (``accuracy`` selects the best weights; all
-    are logged with a ``val_`` prefix); without it the latest weights count as the best.
+    ``evaluate(model)`` returns validation figures (``auc`` selects the best weights; all are
+    logged with a ``val_`` prefix); without it the latest weights count as the best.
     ``metadata(record)`` is called after every epoch with the record of the saved weights and
     the run (utils.training_metadata.training_record). ``strategy`` defaults to
     ``make_strategy(config.strategy)``.
@@ -255,6 +275,8 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
     model, optimizer = build_model_and_optimizer(config, strategy, build_model)
     checkpoints = Checkpoints(config.checkpoint_dir)
     state = start_or_resume(config, checkpoints, model, optimizer, faces, log)
+    if chief and config.resume and keep_best_of_history(state, checkpoints, config, log) and metadata is not None:
+        metadata(training_record(config, state, faces, int(model.output_shape[-1])))
     sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed)
     iterator = iter(strategy.distribute_datasets_from_function(
         lambda context: training_dataset(faces, sampler, state.step, config.augmentation, context)))
@@ -277,7 +299,7 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
             row.update({f"val_{k}": float(v) for k, v in evaluate(model).items()})
             tick()
         state.history.append(row)
-        improved = state.best is None or row.get("val_accuracy", 0.0) >= state.best.get("val_accuracy", 0.0)
+        improved = state.best is None or row.get(SELECTED_BY, 0.0) >= state.best.get(SELECTED_BY, 0.0)
         if improved:
             state.best = row
         if chief:
@@ -293,6 +315,9 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
             f"mean distance {row['mean_distance']:.3f}, {row['images_per_second']:.1f} images/s{val}"
             + (" (best)" if improved else ""))
 
+    if state.wall_seconds >= budget:
+        return TrainResult("time-budget", f"the time budget of {config.time_budget_hours} h was already spent "
+                           f"at step {state.step}; give a larger --time-budget to train on", state)
     with StopSignals() as signals, TrainingLog(config.log_dir, enabled=chief) as logs:
         while state.step < config.total_steps:
             started = time.monotonic()
@@ -364,6 +389,6 @@ def run(config: TrainConfig, validation: bool = True, build_model: Callable[[], 
     if result.state.best:
         best = result.state.best
         log(f"best weights (step {best['step']}"
-            + (f", View 1 accuracy {best['val_accuracy']:.4f}" if "val_accuracy" in best else "")
+            + "".join(f", View 1 {k[4:]} {best[k]:.4f}" for k in ("val_auc", "val_accuracy") if k in best)
             + f") in {config.weights_out}")
     return EXIT_CODES[result.status]

@@ -56,7 +56,7 @@ class TrainingLog:
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> None:
-    """Training loss and validation accuracy against wall-clock hours, one PNG."""
+    """Training loss and validation AUC and accuracy against wall-clock hours, one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,11 +66,15 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(hours, [row["loss"] for row in history], "o-")
     ax_loss.set(xlabel="wall-clock hours", ylabel="triplet loss (epoch mean)", title="training loss")
-    val = [(row["wall_hours"], row["val_accuracy"]) for row in history if "val_accuracy" in row]
-    if val:
-        ax_acc.plot(*zip(*val, strict=True), "o-", color="tab:green")
+    for key, label, color in (("val_auc", "AUC (picks the kept weights)", "tab:blue"),
+                              ("val_accuracy", "accuracy", "tab:green")):
+        val = [(row["wall_hours"], row[key]) for row in history if key in row]
+        if val:
+            ax_acc.plot(*zip(*val, strict=True), "o-", color=color, label=label)
+    if ax_acc.lines:
+        ax_acc.legend(loc="lower right")
     ax_acc.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-    ax_acc.set(xlabel="wall-clock hours", ylabel="accuracy", title="LFW View 1 DevTest accuracy")
+    ax_acc.set(xlabel="wall-clock hours", title="LFW View 1 DevTest")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()

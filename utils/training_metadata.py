@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from utils.atomic import write_text_atomic
+from utils.checkpoints import SELECTED_BY
 
 if TYPE_CHECKING:
     from utils.batching import TrainingFaces
@@ -51,6 +52,7 @@ def training_record(config: TrainConfig, state: TrainState, faces: TrainingFaces
             "weights_file": str(config.weights_out), "weights_step": best.get("step"),
             "weights_images_seen": best.get("images_seen"),
             "weights_wall_hours": round(best["wall_hours"], 4) if best else None, "best_validation": state.best,
+            "weights_selected_by": SELECTED_BY if SELECTED_BY in best else "latest",
             "steps": state.step, "epochs": round(state.step / config.steps_per_epoch, 3),
             "images_seen": state.step * config.batch_size, "wall_hours": round(state.wall_seconds / 3600, 4),
             "final_validation": state.history[-1] if state.history else None,
