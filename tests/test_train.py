@@ -342,6 +342,14 @@ def test_resume_keeps_the_best_auc_of_the_history_even_if_another_rule_kept_othe
     epoch_1.load_weights(Path(config.checkpoint_dir) / "epoch_001.weights.h5")
     for a, b in zip(kept.get_weights(), epoch_1.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+    # Resumed with another --weights-out, the checkpoint already naming the best epoch: it is
+    # written there too.
+    saved["state"]["best"] = saved["state"]["history"][0]
+    state_file.write_text(json.dumps(saved))
+    other = tmp_path / "other.weights.h5"
+    fit(config_for(tmp_path, resume=True, weights_out=str(other)), faces, tiny_model, lambda model: next(figures),
+        log=lambda m: None)
+    assert other.read_bytes() == Path(config.weights_out).read_bytes()
 
 
 def test_killed_and_interrupted_runs_resume_exactly(tmp_path):

@@ -227,13 +227,11 @@ def keep_best_of_history(state: TrainState, checkpoints: Checkpoints, config: Tr
                          log: Callable[[str], None]) -> bool:
     """Make ``config.weights_out`` the epoch with the highest SELECTED_BY among those whose weights
     a checkpoint file still holds (on --resume: the run may have kept its weights by another rule
-    before). Returns whether the kept weights changed."""
+    before, or --weights-out may name another file). Returns whether any epoch was held."""
     held = [row for row in state.history if SELECTED_BY in row and checkpoints.weights_of(row, state, config)]
     if not held:
         return False
     best = max(reversed(held), key=lambda row: row[SELECTED_BY])  # a tie goes to the later epoch
-    if state.best is not None and best["step"] == state.best["step"]:
-        return False
     with atomic_path(config.weights_out) as tmp:
         shutil.copyfile(checkpoints.weights_of(best, state, config), tmp)
     state.best = best
