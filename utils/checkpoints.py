@@ -58,6 +58,12 @@ class TrainState:
     best: dict[str, float] | None = None  # the history row of the saved weights (highest SELECTED_BY)
 
 
+def copy_file_atomic(source: str | Path, path: str | Path) -> None:
+    """shutil.copyfile, atomically (readers never see a half-written file)."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+
+
 def save_weights_atomic(model: keras.Model, path: str | Path) -> None:
     """model.save_weights, atomically (readers never see a half-written file)."""
     with atomic_path(path) as tmp:
@@ -95,21 +101,24 @@ class Checkpoints:
         final = self.folder / name
         os.replace(tmp, final)
         write_text_atomic(self.folder / "latest", name + "\n")
-        epoch = -(-state.step // config.steps_per_epoch)
-        with atomic_path(self.folder / f"epoch_{epoch:03d}.weights.h5") as snapshot:
-            shutil.copyfile(final / "model.weights.h5", snapshot)
+        copy_file_atomic(final / "model.weights.h5", self.snapshot(-(-state.step // config.steps_per_epoch)))
         for old in self.folder.glob("step-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def snapshot(self, epoch: int) -> Path:
+        """The weights file of an epoch (1-based), written by ``save`` for the step that ends it."""
+        return self.folder / f"epoch_{epoch:03d}.weights.h5"
+
     def weights_of(self, row: dict[str, float], state: TrainState, config: TrainConfig) -> Path | None:
         """The file holding the weights of a history row: the latest checkpoint's for the run's
         current step, else the row's epoch snapshot if it closed a whole epoch (a snapshot of a
         part epoch is overwritten when that epoch is finished); None when no file holds them."""
-        if row["step"] == state.step and self.latest() is not None:
-            return self.latest() / "model.weights.h5"
-        snapshot = self.folder / f"epoch_{row['step'] // config.steps_per_epoch:03d}.weights.h5"
+        latest = self.latest()
+        if row["step"] == state.step and latest is not None:
+            return latest / "model.weights.h5"
+        snapshot = self.snapshot(row["step"] // config.steps_per_epoch)
         return snapshot if row["step"] % config.steps_per_epoch == 0 and snapshot.is_file() else None
 
     def restore(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from utils.atomic import atomic_path
 from utils.batching import PKSampler, TrainingFaces, training_dataset
-from utils.checkpoints import SELECTED_BY, Checkpoints, ResumeError, TrainState, save_weights_atomic
+from utils.checkpoints import (
+    SELECTED_BY, Checkpoints, ResumeError, TrainState, copy_file_atomic, save_weights_atomic)
 from utils.training_data import Evaluator, lfw_view1_evaluator, load_training_data
 from utils.training_log import TrainingLog
 from utils.training_metadata import metadata_writer, training_record
@@ -228,15 +227,21 @@ def keep_best_of_history(state: TrainState, checkpoints: Checkpoints, config: Tr
     """Make ``config.weights_out`` the epoch with the highest SELECTED_BY among those whose weights
     a checkpoint file still holds (on --resume: the run may have kept its weights by another rule
     before, or --weights-out may name another file). Returns whether any epoch was held."""
-    held = [row for row in state.history if SELECTED_BY in row and checkpoints.weights_of(row, state, config)]
+    held = [(row, path) for row in state.history
+            if SELECTED_BY in row and (path := checkpoints.weights_of(row, state, config))]
     if not held:
         return False
-    best = max(reversed(held), key=lambda row: row[SELECTED_BY])  # a tie goes to the later epoch
-    with atomic_path(config.weights_out) as tmp:
-        shutil.copyfile(checkpoints.weights_of(best, state, config), tmp)
+    best, path = max(reversed(held), key=lambda held_row: held_row[0][SELECTED_BY])  # a tie: the later epoch
+    copy_file_atomic(path, config.weights_out)
     state.best = best
     log(f"kept weights: step {best['step']}, the highest View 1 {SELECTED_BY[4:]} ({best[SELECTED_BY]:.4f})")
     return True
+
+
+def view1_figures(row: dict[str, float]) -> str:
+    """A history row's View 1 figures for a log line (', View 1 accuracy 0.8440, View 1 auc 0.9509');
+    empty without validation."""
+    return "".join(f", View 1 {k[4:]} {v:.4f}" for k, v in row.items() if k in ("val_accuracy", "val_auc"))
 
 
 def close_epoch(state: TrainState, config: TrainConfig) -> dict[str, float]:
@@ -307,10 +312,9 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
                 metadata(training_record(config, state, faces, int(model.output_shape[-1])))
             checkpoints.save(model, optimizer, state, config)
         logs.epoch(state.history)
-        val = "".join(f", View 1 {k[4:]} {v:.4f}" for k, v in row.items() if k in ("val_accuracy", "val_auc"))
         log(f"epoch {row['epoch']:g} (step {state.step}, {row['wall_hours'] * 60:.1f} min): "
             f"loss {row['loss']:.4f}, active {row['active_fraction']:.3f}, "
-            f"mean distance {row['mean_distance']:.3f}, {row['images_per_second']:.1f} images/s{val}"
+            f"mean distance {row['mean_distance']:.3f}, {row['images_per_second']:.1f} images/s{view1_figures(row)}"
             + (" (best)" if improved else ""))
 
     if state.wall_seconds >= budget:
@@ -387,6 +391,6 @@ def run(config: TrainConfig, validation: bool = True, build_model: Callable[[], 
     if result.state.best:
         best = result.state.best
         log(f"best weights (step {best['step']}"
-            + "".join(f", View 1 {k[4:]} {best[k]:.4f}" for k in ("val_auc", "val_accuracy") if k in best)
+            + view1_figures(best)
             + f") in {config.weights_out}")
     return EXIT_CODES[result.status]
