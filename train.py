@@ -138,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", action="store_true",
                    help="16-bit compute: float16 with loss scaling on GPUs, bfloat16 on CPUs (about 1.25-1.5x "
                         "faster on this machine's AVX512-BF16 cores); the L2 normalisation stays float32")
-    p.add_argument("--no-augmentation", action="store_true", help="train on the aligned faces as they are")
+    p.add_argument("--augmentation", choices=["none", "mild", "strong"], default="mild",
+                   help="mild (default): flips, small rotations, shifts, zooms, brightness and contrast; "
+                        "strong: larger ones, plus colour and greyscale, blur and an erased patch; none: the "
+                        "aligned faces as they are")
     p.add_argument("--no-validation", action="store_true",
                    help="skip LFW View 1 after each epoch (the latest weights are kept instead of the best)")
     p.add_argument("--collapse-patience", type=int_at_least(0), default=50,
@@ -165,7 +168,7 @@ def train(args: argparse.Namespace) -> int:
         soft_margin=args.soft_margin, lr=args.lr, lr_schedule=args.lr_schedule,
         image_size=args.image_size, seed=args.seed,
         time_budget_hours=args.time_budget, strategy=args.strategy, mixed_precision=args.mixed_precision,
-        augmentation=not args.no_augmentation, min_images=args.min_images,
+        augmentation=args.augmentation, min_images=args.min_images,
         exclude_people=default_exclusions() + [str(Path(f).resolve()) for f in args.exclude_people],
         collapse_patience=args.collapse_patience, resume=args.resume)
     try:

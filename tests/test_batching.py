@@ -119,7 +119,7 @@ def test_fingerprint_tells_pools_of_equal_size_apart():
 def test_dataset_yields_float_faces_and_labels_of_the_sampled_rows():
     pool = uneven_pool()
     sampler = PKSampler(pool.labels, 4, 2, seed=5)
-    images, labels = next(iter(training_dataset(pool, sampler, augmentation=False)))
+    images, labels = next(iter(training_dataset(pool, sampler, augmentation="none")))
     rows = sampler.batch(0)
     assert images.dtype == tf.float32 and images.shape == (8, 8, 8, 3)
     np.testing.assert_allclose(images.numpy(), pool.faces[rows] / 255.0, atol=1e-6)
@@ -167,3 +167,40 @@ def test_augmentation_is_seeded_small_and_flips_about_half():
     assert 16 < left_heavy.sum() < 48  # about half flipped
     unflipped = out[left_heavy]
     assert np.abs(unflipped - images.numpy()[left_heavy]).mean() < 0.1  # small geometric/photometric change
+
+
+def runs_of_equal_pixels(images: np.ndarray) -> np.ndarray:
+    """Per image: whether some row holds 4 equal pixels in a row."""
+    flat = (np.abs(np.diff(images, axis=2)) < 1e-6).all(axis=3)
+    return (flat[:, :, :-2] & flat[:, :, 1:-1] & flat[:, :, 2:]).any(axis=(1, 2))
+
+
+def test_strong_augmentation_greys_blurs_and_erases_some_faces_only():
+    # Coloured faces with a fine checkerboard: greyscale removes the colour, blur its contrast.
+    stripes = (np.indices((48, 48)).sum(axis=0) % 2).astype(np.float32)
+    face = np.stack([0.3 + 0.4 * stripes, 0.5 * np.ones_like(stripes), 0.2 + 0.2 * stripes], axis=-1)
+    images = tf.constant(np.repeat(face[None], 400, axis=0))
+    seed = tf.constant([3, 4], tf.int64)
+    out = augment(images, seed, "strong").numpy()
+    np.testing.assert_array_equal(out, augment(images, seed, "strong").numpy())
+    assert out.shape == images.shape and out.min() >= 0.0 and out.max() <= 1.0
+    grey = np.abs(out - out.mean(axis=3, keepdims=True)).max(axis=(1, 2, 3)) < 1e-4
+    assert 0.05 < grey.mean() < 0.3          # greyscale p = 0.15
+    mild = augment(images, seed, "mild").numpy()
+    assert np.abs(mild - mild.mean(axis=3, keepdims=True)).max(axis=(1, 2, 3)).min() > 0.05  # mild keeps colour
+    # An erased rectangle is flat: a row of 4+ equal pixels does not occur in the checkerboard otherwise.
+    erased = runs_of_equal_pixels(out)
+    assert 0.1 < erased.mean() < 0.45         # erase p = 0.25 (a few rectangles are too thin to show)
+    assert not runs_of_equal_pixels(mild).any()
+    # Shrinking and enlarging again smooths the checkerboard away.
+    detail = np.abs(np.diff(out, axis=2)).mean(axis=(1, 2, 3))
+    assert 0.1 < (detail < 0.008).mean() < 0.4  # low resolution p = 0.25
+    assert np.abs(np.diff(mild, axis=2)).mean(axis=(1, 2, 3)).min() > 0.008
+
+
+def test_train_offers_exactly_the_augmentation_presets():
+    from train import build_parser
+    from utils.batching import AUGMENTATIONS
+
+    action = next(a for a in build_parser()._actions if a.dest == "augmentation")
+    assert action.choices == ["none", *AUGMENTATIONS]

@@ -143,6 +143,14 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     assert fit(config_for(tmp_path, resume=True), faces, tiny_model, log=lambda m: None).status == "completed"
     with pytest.raises(ResumeError, match="other faces"):
         fit(config_for(tmp_path, resume=True), synthetic_faces(30, 5, seed=0), tiny_model, log=lambda m: None)
+    # So does one from before --augmentation, which saved a switch (on = mild).
+    state_file = Checkpoints(config.checkpoint_dir).latest() / "state.json"
+    saved = json.loads(state_file.read_text())
+    saved["config"]["augmentation"] = True
+    state_file.write_text(json.dumps(saved))
+    with pytest.raises(ResumeError, match="augmentation: 'mild' -> 'strong'"):
+        fit(config_for(tmp_path, resume=True, augmentation="strong"), faces, tiny_model, log=lambda m: None)
+    assert fit(config_for(tmp_path, resume=True), faces, tiny_model, log=lambda m: None).status == "completed"
 
 
 # --- subprocess runs ---------------------------------------------------------------------------

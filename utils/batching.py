@@ -19,9 +19,9 @@ identity is named ``<dataset>/<folder>``, so equal folder names in two datasets 
 
 The pipeline: a generator yields one index array per batch (NumPy, per batch, not per
 image), then one vectorised TF function gathers the uint8 faces from the in-memory array,
-converts them to float32 in [0, 1] and augments them (horizontal flip, small rotation,
-scale and shift, brightness and contrast) with stateless random ops seeded by
-``(seed, step, replica)``, then prefetches.
+converts them to float32 in [0, 1] and augments them (mild: horizontal flip, small rotation,
+scale and shift, brightness and contrast; strong: larger ones, plus colour, blur and an erased
+patch) with stateless random ops seeded by ``(seed, step, replica)``, then prefetches.
 """
 from __future__ import annotations
 
@@ -38,11 +38,28 @@ import tensorflow as tf
 if TYPE_CHECKING:
     from utils.aligned_cache import AlignedFaces
 
-ROTATION_DEGREES = 8.0
-SCALE = 0.06          # zoom factor drawn from [1 - SCALE, 1 + SCALE]
-SHIFT = 0.04          # translation as a fraction of the side, per axis
-BRIGHTNESS = 0.08     # added to [0, 1] pixel values
-CONTRAST = 0.15       # contrast factor drawn from [1 - CONTRAST, 1 + CONTRAST]
+@dataclass(frozen=True)
+class Augmentation:
+    """How far training faces are perturbed: each field is a maximum or, where said, a probability."""
+
+    rotation_degrees: float
+    scale: float                # zoom factor drawn from [1 - scale, 1 + scale]
+    shift: float                # translation as a fraction of the side, per axis
+    brightness: float           # added to [0, 1] pixel values
+    contrast: float             # contrast factor drawn from [1 - contrast, 1 + contrast]
+    saturation: float = 0.0     # colour saturation factor drawn from [1 - saturation, 1 + saturation]
+    greyscale: float = 0.0      # probability of dropping the colour altogether
+    low_resolution: float = 0.0  # probability of shrinking to LOW_RESOLUTION of the side and back
+    erase: float = 0.0          # probability of one rectangle (ERASE_AREA of the face) filled with grey
+
+
+AUGMENTATIONS = {
+    "mild": Augmentation(rotation_degrees=8.0, scale=0.06, shift=0.04, brightness=0.08, contrast=0.15),
+    "strong": Augmentation(rotation_degrees=12.0, scale=0.10, shift=0.06, brightness=0.15, contrast=0.3,
+                           saturation=0.4, greyscale=0.15, low_resolution=0.25, erase=0.25),
+}
+LOW_RESOLUTION = (0.35, 0.75)   # side of the shrunken face, as a fraction, one draw per batch
+ERASE_AREA = (0.03, 0.15)       # area of an erased rectangle, as a fraction of the face
 
 
 @dataclass
@@ -167,12 +184,12 @@ def replica_slice(batch: np.ndarray, k: int, replica: int, num_replicas: int) ->
     return batch[replica * share:(replica + 1) * share]
 
 
-def _affine_transforms(seed: tf.Tensor, n: tf.Tensor, size: int) -> tf.Tensor:
+def _affine_transforms(seed: tf.Tensor, n: tf.Tensor, size: int, aug: Augmentation) -> tf.Tensor:
     """(n, 8) projective transforms (output pixel -> input pixel): rotation, scale, shift about the centre."""
     u = tf.random.stateless_uniform([n, 4], seed, minval=-1.0, maxval=1.0)
-    angle = u[:, 0] * (ROTATION_DEGREES * math.pi / 180.0)
-    scale = 1.0 + u[:, 1] * SCALE
-    tx, ty = u[:, 2] * (SHIFT * size), u[:, 3] * (SHIFT * size)
+    angle = u[:, 0] * (aug.rotation_degrees * math.pi / 180.0)
+    scale = 1.0 + u[:, 1] * aug.scale
+    tx, ty = u[:, 2] * (aug.shift * size), u[:, 3] * (aug.shift * size)
     a, b = tf.cos(angle) / scale, tf.sin(angle) / scale
     c = (size - 1) / 2.0
     # input = R(-angle) / scale @ (output - centre - shift) + centre
@@ -181,31 +198,83 @@ def _affine_transforms(seed: tf.Tensor, n: tf.Tensor, size: int) -> tf.Tensor:
                      tf.zeros_like(a), tf.zeros_like(a)], axis=1)
 
 
-def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Randomly flip, rotate, scale, shift and change brightness and contrast of (B, S, S, 3) floats in [0, 1]."""
+def _chosen(seed: tf.Tensor, n: tf.Tensor, probability: float) -> tf.Tensor:
+    """(n, 1, 1, 1) booleans, each True with the given probability."""
+    return tf.random.stateless_uniform([n, 1, 1, 1], seed) < probability
+
+
+def _colour(images: tf.Tensor, seed: tf.Tensor, aug: Augmentation) -> tf.Tensor:
+    """Scale each face's saturation about its luminance; some faces lose their colour."""
+    n = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    factor = tf.random.stateless_uniform([n, 1, 1, 1], seeds[0], 1.0 - aug.saturation, 1.0 + aug.saturation)
+    factor = tf.where(_chosen(seeds[1], n, aug.greyscale), 0.0, factor)
+    grey = tf.image.rgb_to_grayscale(images)
+    return grey + (images - grey) * factor
+
+
+def _low_resolution(images: tf.Tensor, seed: tf.Tensor, aug: Augmentation) -> tf.Tensor:
+    """Blur some faces as a smaller or poorer photo would: shrink (one size per batch) and enlarge again."""
+    n, size = tf.shape(images)[0], images.shape[1]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    side = tf.random.stateless_uniform([], seeds[0], *LOW_RESOLUTION) * size
+    small = tf.image.resize(images, tf.cast(tf.stack([side, side]), tf.int32), method="area")
+    blurred = tf.image.resize(small, [size, size], method="bilinear")
+    return tf.where(_chosen(seeds[1], n, aug.low_resolution), blurred, images)
+
+
+def _erase(images: tf.Tensor, seed: tf.Tensor, aug: Augmentation) -> tf.Tensor:
+    """Cover one random rectangle of some faces with a random grey, as a hand or a cap might."""
+    n, size = tf.shape(images)[0], images.shape[1]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    u = tf.random.stateless_uniform([n, 5], seeds[0])
+    area = ERASE_AREA[0] + u[:, 0] * (ERASE_AREA[1] - ERASE_AREA[0])
+    aspect = tf.exp((u[:, 1] - 0.5) * 2.0 * math.log(2.0))       # height / width in [1/2, 2]
+    height, width = tf.sqrt(area * aspect) * size, tf.sqrt(area / aspect) * size
+    top, left = u[:, 2] * (size - height), u[:, 3] * (size - width)
+    pixels = tf.range(size, dtype=tf.float32)
+    rows = (pixels[None, :] >= top[:, None]) & (pixels[None, :] < (top + height)[:, None])
+    cols = (pixels[None, :] >= left[:, None]) & (pixels[None, :] < (left + width)[:, None])
+    inside = (rows[:, :, None] & cols[:, None, :])[..., None] & _chosen(seeds[1], n, aug.erase)
+    return tf.where(inside, u[:, 4, None, None, None], images)
+
+
+def augment(images: tf.Tensor, seed: tf.Tensor, strength: str = "mild") -> tf.Tensor:
+    """Randomly flip, rotate, scale, shift and change brightness and contrast of (B, S, S, 3) floats in
+    [0, 1]; ``strong`` also changes colour, blurs and erases a patch (AUGMENTATIONS)."""
+    aug = AUGMENTATIONS[strength]
     n = tf.shape(images)[0]
     size = images.shape[1]
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    flip = tf.random.stateless_uniform([n, 1, 1, 1], seeds[0]) < 0.5
+    fold_in = tf.random.experimental.stateless_fold_in
+    flip = _chosen(seeds[0], n, 0.5)
     images = tf.where(flip, tf.reverse(images, axis=[2]), images)
     images = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=_affine_transforms(seeds[1], n, size), output_shape=[size, size],
+        images=images, transforms=_affine_transforms(seeds[1], n, size, aug), output_shape=[size, size],
         fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
-    brightness = tf.random.stateless_uniform([n, 1, 1, 1], seeds[2], -BRIGHTNESS, BRIGHTNESS)
-    contrast = tf.random.stateless_uniform([n, 1, 1, 1], seeds[3], 1.0 - CONTRAST, 1.0 + CONTRAST)
+    if aug.saturation or aug.greyscale:
+        images = _colour(images, fold_in(seed, 4), aug)
+    brightness = tf.random.stateless_uniform([n, 1, 1, 1], seeds[2], -aug.brightness, aug.brightness)
+    contrast = tf.random.stateless_uniform([n, 1, 1, 1], seeds[3], 1.0 - aug.contrast, 1.0 + aug.contrast)
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-    return tf.clip_by_value((images - mean) * contrast + mean + brightness, 0.0, 1.0)
+    images = tf.clip_by_value((images - mean) * contrast + mean + brightness, 0.0, 1.0)
+    if aug.low_resolution:
+        images = _low_resolution(images, fold_in(seed, 5), aug)
+    if aug.erase:
+        images = _erase(images, fold_in(seed, 6), aug)
+    return tf.clip_by_value(images, 0.0, 1.0)
 
 
 def training_dataset(faces: TrainingFaces, sampler: PKSampler, start_step: int = 0,
-                     augmentation: bool = True,
+                     augmentation: str = "mild",
                      input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Endless (images float32 (b, S, S, 3) in [0, 1], labels int32 (b,)) batches from ``start_step`` on.
 
     Without ``input_context`` each element is a whole P x K batch. With one (as
     ``strategy.distribute_datasets_from_function`` passes), the dataset of input pipeline i
     yields, for every step in turn, the share (``replica_slice``) of each of its local
-    replicas, in the order the strategy hands elements to them.
+    replicas, in the order the strategy hands elements to them. ``augmentation`` is "none" or a
+    key of AUGMENTATIONS.
     """
     pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline = input_context.input_pipeline_id if input_context else 0
@@ -231,8 +300,9 @@ def training_dataset(faces: TrainingFaces, sampler: PKSampler, start_step: int =
 
     def load(step: tf.Tensor, replica: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         images = tf.cast(tf.gather(images_table, rows), tf.float32) / 255.0
-        if augmentation:
-            images = augment(images, tf.stack([tf.constant(seed, tf.int64), step * replicas + replica]))
+        if augmentation != "none":
+            images = augment(images, tf.stack([tf.constant(seed, tf.int64), step * replicas + replica]),
+                             augmentation)
         return images, tf.gather(labels_table, rows)
 
     signature = (tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64), tf.TensorSpec((share,), tf.int64))

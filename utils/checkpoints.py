@@ -129,6 +129,8 @@ class Checkpoints:
             raise ResumeError(f"--resume: no checkpoint in {self.folder}")
         saved = json.loads((path / "state.json").read_text())
         old = saved["config"]
+        if isinstance(old.get("augmentation"), bool):  # checkpoints from before --augmentation
+            old["augmentation"] = "mild" if old["augmentation"] else "none"
         changed = [f"{k}: {old.get(k)!r} -> {getattr(config, k)!r}" for k in RESUME_KEYS
                    if old.get(k) != getattr(config, k)]
         if changed:

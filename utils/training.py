@@ -70,7 +70,7 @@ class TrainConfig:
     time_budget_hours: float | None = None
     strategy: str = "default"
     mixed_precision: bool = False
-    augmentation: bool = True
+    augmentation: str = "mild"   # "none" or a key of utils.batching.AUGMENTATIONS
     min_images: int = 2
     exclude_people: list[str] = field(default_factory=list)
     collapse_patience: int = 50
