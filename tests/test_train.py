@@ -116,6 +116,7 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     assert training["weights_wall_hours"] == pytest.approx(best_epoch["wall_hours"], abs=1e-4)
     assert training["weights_file"] == config.weights_out
     assert training["mining"] == "semi-hard" and training["margin"] == 0.2 and training["lr"] == 3e-3
+    assert training["augmentation"] == "mild"
     assert training["best_validation"]["val_auc"] == best_epoch["val_auc"]
     assert training["weights_selected_by"] == "val_auc"
     assert training["lr_schedule"] == "cosine" and first["lr"] > second["lr"] == pytest.approx(3e-5)

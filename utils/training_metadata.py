@@ -64,6 +64,7 @@ def training_record(config: TrainConfig, state: TrainState, faces: TrainingFaces
             "identities_per_batch": config.identities_per_batch,
             "images_per_identity": config.images_per_identity, "seed": config.seed,
             "strategy": config.strategy, "mixed_precision": config.mixed_precision,
+            "augmentation": config.augmentation,
         },
     }
 
