@@ -219,7 +219,7 @@ def one_step_on_two_replicas_and_on_one_device(faces: TrainingFaces, config: Tra
     before = [v.numpy() for v in reference.trainable_variables]
 
     batches = mirrored.distribute_datasets_from_function(
-        lambda context: training_dataset(faces, sampler, 0, True, context))
+        lambda context: training_dataset(faces, sampler, 0, "mild", context))
     images, labels = next(iter(batches))
     shares = list(zip(mirrored.experimental_local_results(images), mirrored.experimental_local_results(labels),
                       strict=True))

@@ -276,6 +276,8 @@ def training_dataset(faces: TrainingFaces, sampler: PKSampler, start_step: int =
     replicas, in the order the strategy hands elements to them. ``augmentation`` is "none" or a
     key of AUGMENTATIONS.
     """
+    if augmentation != "none" and augmentation not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augmentation!r}; choose none or one of: {', '.join(AUGMENTATIONS)}")
     pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline = input_context.input_pipeline_id if input_context else 0
     replicas = input_context.num_replicas_in_sync if input_context else 1
