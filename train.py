@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", action="store_true",
                    help="16-bit compute: float16 with loss scaling on GPUs, bfloat16 on CPUs (about 1.25-1.5x "
                         "faster on this machine's AVX512-BF16 cores); the L2 normalisation stays float32")
+    # The keys of utils.batching.AUGMENTATIONS, spelled out so --help needs no TensorFlow (a test keeps them equal).
     p.add_argument("--augmentation", choices=["none", "mild", "strong"], default="mild",
                    help="mild (default): flips, small rotations, shifts, zooms, brightness and contrast; "
                         "strong: larger ones, plus colour and greyscale, blur and an erased patch; none: the "

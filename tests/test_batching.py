@@ -205,4 +205,5 @@ def test_train_offers_exactly_the_augmentation_presets():
     action = next(a for a in build_parser()._actions if a.dest == "augmentation")
     assert action.choices == ["none", *AUGMENTATIONS]
     with pytest.raises(ValueError, match="unknown augmentation"):
-        training_dataset(uneven_pool(), PKSampler(uneven_pool().labels, 4, 2), augmentation="heavy")
+        pool = uneven_pool()
+        training_dataset(pool, PKSampler(pool.labels, 4, 2), augmentation="heavy")

@@ -219,7 +219,7 @@ def _low_resolution(images: tf.Tensor, seed: tf.Tensor, aug: Augmentation) -> tf
     seeds = tf.random.experimental.stateless_split(seed, 2)
     side = tf.random.stateless_uniform([], seeds[0], *LOW_RESOLUTION) * size
     small = tf.image.resize(images, tf.cast(tf.stack([side, side]), tf.int32), method="area")
-    blurred = tf.image.resize(small, [size, size], method="bilinear")
+    blurred = tf.clip_by_value(tf.image.resize(small, [size, size], method="bilinear"), 0.0, 1.0)  # rounding
     return tf.where(_chosen(seeds[1], n, aug.low_resolution), blurred, images)
 
 
@@ -262,7 +262,7 @@ def augment(images: tf.Tensor, seed: tf.Tensor, strength: str = "mild") -> tf.Te
         images = _low_resolution(images, fold_in(seed, 5), aug)
     if aug.erase:
         images = _erase(images, fold_in(seed, 6), aug)
-    return tf.clip_by_value(images, 0.0, 1.0)
+    return images
 
 
 def training_dataset(faces: TrainingFaces, sampler: PKSampler, start_step: int = 0,
