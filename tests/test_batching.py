@@ -204,6 +204,9 @@ def test_train_offers_exactly_the_augmentation_presets():
 
     action = next(a for a in build_parser()._actions if a.dest == "augmentation")
     assert action.choices == ["none", *AUGMENTATIONS]
+
+
+def test_training_dataset_rejects_an_unknown_augmentation():
+    pool = uneven_pool()
     with pytest.raises(ValueError, match="unknown augmentation"):
-        pool = uneven_pool()
         training_dataset(pool, PKSampler(pool.labels, 4, 2), augmentation="heavy")
