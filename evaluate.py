@@ -21,13 +21,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from utils.dlib_resnet import NAME as DLIB  # noqa: E402
+from utils.evaluation.dlib_resnet import NAME as DLIB  # noqa: E402
 from utils.paths import BENCHMARK_RESULTS_DIR, lfw_dir, lfw_protocol_dir  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
     from models import MODEL_NAMES
-    from utils.evaluation import PROTOCOLS
+    from utils.evaluation.verification import PROTOCOLS
 
     parser = argparse.ArgumentParser(
         description="LFW face-verification benchmark: accuracy +- std over folds (threshold chosen on the "
@@ -89,11 +89,11 @@ def _evaluate(args: argparse.Namespace) -> list[tuple]:
 
     from models import get_model
     from models.weights import load_model, weights_path
-    from utils.aligned_cache import load_or_build
     from utils.datasets.lfw import check_images_exist, pair_images
-    from utils.dlib_resnet import DlibResNetEmbedder
     from utils.embedding import model_input_size
-    from utils.evaluation import evaluate_lfw, protocol_pairs
+    from utils.evaluation.dlib_resnet import DlibResNetEmbedder
+    from utils.evaluation.verification import evaluate_lfw, protocol_pairs
+    from utils.faces.cache import load_or_build
 
     images = pair_images(p for pairs in protocol_pairs(args.protocol, args.pairs_dir).values() for p in pairs)
     check_images_exist(images, args.lfw)
@@ -155,7 +155,7 @@ def _store_metadata(args: argparse.Namespace, rows) -> list[str]:
 
 def _write_results(args: argparse.Namespace, rows, started: float) -> tuple[dict, Path, Path]:
     """The ROC plot and the JSON record in args.out: (record, JSON path, PNG path)."""
-    from utils.metrics import plot_roc_curves
+    from utils.evaluation.metrics import plot_roc_curves
 
     stem = f"lfw_{args.protocol}_{'+'.join(args.model)}" + ("_random_init" if args.random_init else "") + \
            ("_flip" if args.flip else "") + \

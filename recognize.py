@@ -17,8 +17,16 @@ import time
 from pathlib import Path
 
 from utils.paths import PEOPLE_DIR
-from utils.video_sources import (Frame, FrameSink, FrameSource, OutputError, SourceError, open_source,
-                                 quiet_opencv, window_unavailable)
+from utils.recognition.sources import (
+    Frame,
+    FrameSink,
+    FrameSource,
+    OutputError,
+    SourceError,
+    open_source,
+    quiet_opencv,
+    window_unavailable,
+)
 
 DEFAULT_MODEL = "openface_nn4_small2"
 DEFAULT_DETECT_EVERY = 3  # 42 frames/s instead of 13 with one face on a busy 2-core CPU (benchmarks/recognize_fps.py)
@@ -31,7 +39,7 @@ Embeddings are cached in people/.embeddings-<model>.npz; adding a picture embeds
 
 Distances are squared L2 between L2-normalised embeddings (0 to 4). A face's distance to a person
 is its distance to the mean of that person's picture embeddings (rescaled to unit length; see
-utils/matching.py for why the mean and not the closest picture); the face is named after the
+utils/recognition/matching.py for why the mean and not the closest picture); the face is named after the
 nearest person when that distance is at most the threshold, else "unknown".
 The default threshold is the one chosen by the model's LFW View 2 evaluation (stored in
 weights/<model>.json by evaluate.py); a model without one needs --threshold.
@@ -115,14 +123,14 @@ def os_error_message(err: OSError) -> str:
 
 
 def make_aligner(args: argparse.Namespace, output_size: int = 96):
-    from utils.align import FaceAligner
+    from utils.faces.align import FaceAligner
 
     return FaceAligner(output_size=output_size, upsample=tuple(args.upsample), detector=args.detector,
                        detect_scale=args.detect_scale)
 
 
 def run_enrol(args: argparse.Namespace, source: FrameSource) -> int:
-    from utils.gallery import check_person_name, enrol
+    from utils.recognition.gallery import check_person_name, enrol
 
     try:
         name = check_person_name(args.enrol)
@@ -142,9 +150,9 @@ def load_recognizer(args: argparse.Namespace, detect_every: int):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from models.weights import MissingWeightsError, load_model, weights_path
     from utils.embedding import embed_faces, model_input_size
-    from utils.gallery import build_gallery, model_fingerprint
-    from utils.matching import NoThresholdError, default_threshold
-    from utils.tracking import VideoRecognizer
+    from utils.recognition.gallery import build_gallery, model_fingerprint
+    from utils.recognition.matching import NoThresholdError, default_threshold
+    from utils.recognition.tracking import VideoRecognizer
 
     threshold = args.threshold
     if threshold is None:
@@ -189,7 +197,7 @@ def frame_record(frame: Frame, faces) -> dict:
 def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
     import cv2
 
-    from utils.drawing import draw_face, draw_fps
+    from utils.recognition.drawing import draw_face, draw_fps
 
     recognizer = load_recognizer(args, 1 if source.stills else args.detect_every)
     no_window = None if args.no_window else window_unavailable()

@@ -33,7 +33,7 @@ from pathlib import Path
 from utils.paths import REPO_ROOT
 
 EPILOG = """Data: each --data entry is a folder-per-identity tree (aligned once with dlib and cached), an
-aligned-cache folder (python -m utils.aligned_cache) or an MS-Celeb-1M face TSV (exported to a
+aligned-cache folder (python -m utils.faces.cache) or an MS-Celeb-1M face TSV (exported to a
 folder tree in the cache folder first). Only faces where dlib found a face are trained on;
 identities with fewer than --min-images of them are left out, those with fewer than K are
 sampled with replacement. Identities are namespaced per dataset.
@@ -87,9 +87,9 @@ def shown(path: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from models import TRAINABLE_MODEL_NAMES
-    from utils.training import LR_SCHEDULES, STRATEGIES
-    from utils.training_data import default_data, default_exclusions
-    from utils.triplet_loss import MINING
+    from utils.training.config import LR_SCHEDULES, STRATEGIES
+    from utils.training.data import default_data, default_exclusions
+    from utils.training.losses import MINING
 
     p = argparse.ArgumentParser(prog="python train.py", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", action="store_true",
                    help="16-bit compute: float16 with loss scaling on GPUs, bfloat16 on CPUs (about 1.25-1.5x "
                         "faster on this machine's AVX512-BF16 cores); the L2 normalisation stays float32")
-    # The keys of utils.batching.AUGMENTATIONS, spelled out so --help needs no TensorFlow (a test keeps them equal).
+    # The keys of utils.training.batching.AUGMENTATIONS, spelled out so --help needs no TensorFlow
+    # (a test keeps them equal).
     p.add_argument("--augmentation", choices=["none", "mild", "strong"], default="mild",
                    help="mild (default): flips, small rotations, shifts, zooms, brightness and contrast; "
                         "strong: larger ones, plus colour and greyscale, blur and an erased patch; none: the "
@@ -156,8 +157,9 @@ def train(args: argparse.Namespace) -> int:
     import tensorflow as tf
 
     from models.weights import weights_path
-    from utils.training import TrainConfig, TrainingError, run
-    from utils.training_data import default_exclusions
+    from utils.training.config import TrainConfig
+    from utils.training.data import default_exclusions
+    from utils.training.loop import TrainingError, run
 
     config = TrainConfig(
         model=args.model, data=[str(Path(d).resolve()) for d in args.data],

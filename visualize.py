@@ -7,7 +7,7 @@ Writes into benchmark_results/ (or --out):
 With --progress-from CHECKPOINT_DIR it draws one panel per saved epoch instead.
 
 The 100 benchmark faces (10 LFW people x 10) are copied from LFW on first use
-(python -m utils.benchmark_faces). Training excludes these people, so the
+(python -m utils.evaluation.benchmark_faces). Training excludes these people, so the
 figures show strangers clustering.
 
 Exit status: 0 done; 2 a figure cannot be drawn (the message says why); 130 interrupted.
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def draw(args: argparse.Namespace) -> int:
     """Draw the figures; exit status 2 with a message when they cannot be drawn."""
-    from utils.benchmark_figures import FigureError, draw_figures
+    from utils.evaluation.figures import FigureError, draw_figures
 
     start = time.perf_counter()
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.aligned_cache import list_images, load_or_build  # noqa: E402
+from utils.faces.cache import list_images, load_or_build  # noqa: E402
 from utils.paths import lfw_dir  # noqa: E402
 
 

@@ -25,16 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from models.weights import load_model, weights_path  # noqa: E402
-from utils.align import FaceAligner  # noqa: E402
-from utils.drawing import draw_face, draw_fps  # noqa: E402
 from utils.embedding import embed_faces, model_input_size  # noqa: E402
-from utils.gallery import build_gallery, model_fingerprint  # noqa: E402
-from utils.image_io import read_image  # noqa: E402
-from utils.matching import default_threshold  # noqa: E402
+from utils.faces.align import FaceAligner  # noqa: E402
+from utils.faces.image_io import read_image  # noqa: E402
 from utils.paths import lfw_dir  # noqa: E402
-from utils.synthetic_video import face_sprite, write_moving_faces_video  # noqa: E402
-from utils.tracking import VideoRecognizer  # noqa: E402
-from utils.video_sources import VideoFileSource  # noqa: E402
+from utils.recognition.drawing import draw_face, draw_fps  # noqa: E402
+from utils.recognition.gallery import build_gallery, model_fingerprint  # noqa: E402
+from utils.recognition.matching import default_threshold  # noqa: E402
+from utils.recognition.sources import VideoFileSource  # noqa: E402
+from utils.recognition.synthetic_video import face_sprite, write_moving_faces_video  # noqa: E402
+from utils.recognition.tracking import VideoRecognizer  # noqa: E402
 
 GALLERY_PEOPLE = ("Colin_Powell", "Gerhard_Schroeder", "Hugo_Chavez", "Tony_Blair")
 FACE_PEOPLE = ("Ariel_Sharon", "Donald_Rumsfeld", "Jean_Chretien", "John_Ashcroft")

@@ -5,7 +5,7 @@
                                      [--old-way-upsample 0 1]
 
 Ours: identity-balanced P x K batches gathered from the in-memory aligned LFW cache, augmented in
-TF ops and prefetched (utils.batching), one tf.function step (utils.training). The earlier
+TF ops and prefetched (utils.training.batching), one tf.function step (utils.training.loop). The earlier
 project's way, emulated for one model with the same step and batch size: a Python generator
 walking the LFW folders in order (unshuffled, so a batch holds one or two people) that reads
 every image from disk, decodes it, detects the face with dlib and aligns it, per step, with no
@@ -27,12 +27,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from models import TRAINABLE_MODEL_NAMES, get_model  # noqa: E402
-from utils.aligned_cache import list_images, load_or_build  # noqa: E402
-from utils.align import FaceAligner, centre_crop  # noqa: E402
-from utils.batching import PKSampler, pool_datasets, training_dataset  # noqa: E402
-from utils.image_io import read_image  # noqa: E402
+from utils.faces.align import FaceAligner, centre_crop  # noqa: E402
+from utils.faces.cache import list_images, load_or_build  # noqa: E402
+from utils.faces.image_io import read_image  # noqa: E402
 from utils.paths import lfw_dir  # noqa: E402
-from utils.training import TrainConfig, build_model_and_optimizer, make_train_step  # noqa: E402
+from utils.training.batching import PKSampler, pool_datasets, training_dataset  # noqa: E402
+from utils.training.config import TrainConfig  # noqa: E402
+from utils.training.loop import build_model_and_optimizer, make_train_step  # noqa: E402
 
 WARMUP_STEPS = 2
 SIZE = 96

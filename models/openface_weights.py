@@ -40,7 +40,7 @@ import numpy as np
 
 from models.openface import DENSE, build, weight_layer_names
 from models.torch7 import TorchObject, load_t7, lua_list
-from models.weights import load_model, weights_path
+from models.weights import MissingWeightsError, load_model, weights_path
 from utils.atomic import atomic_path
 from utils.download import DownloadError as HTTPDownloadError
 from utils.download import download_file, file_digests
@@ -359,6 +359,28 @@ def fetch_and_convert(out: str | Path = DEFAULT_WEIGHTS) -> Path:
     """
     log.warning("%s is not there yet: fetching %s (SHA-1 checked) and converting it, once", out, T7_NAME)
     return convert(download_t7(), out)
+
+
+# ----------------------------------------------------------------------------- registry hooks
+# models.published_weights finds these three for the registry name MODEL_NAME.
+
+load_weights = load_openface_weights
+
+
+def missing_weights_hint(path: Path) -> str:
+    """How a user gets the default weights file by hand."""
+    return (f"get the pretrained OpenFace weights with `python -m models.openface_weights download` "
+            f"and `python -m models.openface_weights convert {model_cache_dir() / T7_NAME} --out {path}`")
+
+
+def make_default_weights(path: Path) -> None:
+    """Make the default weights file from the published .t7 (downloaded once, verified);
+    MissingWeightsError saying how to get it by hand when that fails."""
+    try:
+        fetch_and_convert(path)
+    except (OpenFaceDownloadError, OSError) as err:
+        raise MissingWeightsError(f"weights file not found: {path}, and it could not be made from the "
+                                  f"published .t7: {err} ({missing_weights_hint(path)})") from err
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,12 +7,10 @@ from typing import Any
 
 import keras
 
-from models import get_model
+from models import WEIGHTS_STEMS, get_model, published_weights
 from utils.atomic import write_text_atomic
-from utils.paths import WEIGHTS_DIR, model_cache_dir
+from utils.paths import WEIGHTS_DIR
 
-# File stems differ from registry names only where the published model has a versioned name.
-_STEMS = {"openface_nn4_small2": "openface_nn4_small2_v1"}
 DEFAULT_INPUT_SIZE, DEFAULT_EMBEDDING_SIZE = 96, 128  # what a model without metadata was built with
 
 
@@ -22,12 +20,12 @@ class MissingWeightsError(FileNotFoundError):
 
 def weights_path(name: str) -> Path:
     """Default weights file of a registry model: weights/<stem>.weights.h5."""
-    return WEIGHTS_DIR / f"{_STEMS.get(name, name)}.weights.h5"
+    return WEIGHTS_DIR / f"{WEIGHTS_STEMS.get(name, name)}.weights.h5"
 
 
 def metadata_path(name: str) -> Path:
     """Metadata JSON beside the weights: training record, LFW figures, default threshold."""
-    return WEIGHTS_DIR / f"{_STEMS.get(name, name)}.json"
+    return WEIGHTS_DIR / f"{WEIGHTS_STEMS.get(name, name)}.json"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -64,24 +62,10 @@ def update_metadata(name: str, **fields: Any) -> Path:
 
 
 def _missing_weights_hint(name: str, path: Path) -> str:
-    if name == "openface_nn4_small2":
-        from models.openface_weights import T7_NAME
-
-        return ("get the pretrained OpenFace weights with `python -m models.openface_weights download` "
-                f"and `python -m models.openface_weights convert {model_cache_dir() / T7_NAME} --out {path}`")
+    published = published_weights(name)
+    if published:
+        return published.missing_weights_hint(path)
     return f"train it with `python train.py --model {name}` or pass --weights PATH"
-
-
-def _fetch_openface(path: Path) -> None:
-    """Make the default OpenFace weights file from the published .t7 (downloaded once, verified)."""
-    from models.openface_weights import OpenFaceDownloadError, fetch_and_convert
-
-    try:
-        fetch_and_convert(path)
-    except (OpenFaceDownloadError, OSError) as err:
-        raise MissingWeightsError(f"weights file not found: {path}, and it could not be made from the "
-                                  f"published .t7: {err} ({_missing_weights_hint('openface_nn4_small2', path)})"
-                                  ) from err
 
 
 def load_model(name: str, weights: str | Path | None = None, input_size: int | None = None) -> keras.Model:
@@ -90,11 +74,13 @@ def load_model(name: str, weights: str | Path | None = None, input_size: int | N
     The input size and embedding size are the ones the weights were trained with, read from the
     metadata beside the weights file (``input_size``, ``embedding_size``, written by training);
     96 and 128 when there is none. An explicit input_size wins. OpenFace's default weights
-    file is made from the published, SHA-1-checked .t7 the first time it is needed.
+    file is made from the published, SHA-1-checked .t7 the first time it is needed (by the
+    module ``models.published_weights`` names for it).
     """
     path = Path(weights) if weights else weights_path(name)
-    if not path.exists() and weights is None and name == "openface_nn4_small2":
-        _fetch_openface(path)
+    published = published_weights(name)
+    if not path.exists() and weights is None and published:
+        published.make_default_weights(path)
     if not path.exists():
         raise MissingWeightsError(f"weights file not found: {path} ({_missing_weights_hint(name, path)})")
     if path.is_dir():
@@ -108,10 +94,8 @@ def load_model(name: str, weights: str | Path | None = None, input_size: int | N
     if input_size is not None:
         sizes["input_size"] = input_size
     model = get_model(name, **sizes)
-    if name == "openface_nn4_small2":
-        from models.openface_weights import load_openface_weights
-
-        load_openface_weights(model, path)
+    if published:
+        published.load_weights(model, path)
     else:
         try:
             model.load_weights(path)

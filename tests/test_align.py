@@ -6,8 +6,8 @@ import dlib
 import numpy as np
 import pytest
 
-from utils.align import LANDMARK_SETS, FaceAligner, centre_crop, openface_template
-from utils.image_io import read_image
+from utils.faces.align import LANDMARK_SETS, FaceAligner, centre_crop, openface_template
+from utils.faces.image_io import read_image
 
 SAMPLE = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Colin_Powell/Colin_Powell_0001.jpg",
           "Serena_Williams/Serena_Williams_0001.jpg", "Jennifer_Lopez/Jennifer_Lopez_0001.jpg",

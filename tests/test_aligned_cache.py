@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import utils.aligned_cache as aligned_cache
-from utils.aligned_cache import load_or_build, main
+import utils.faces.cache as face_cache
+from utils.faces.cache import load_or_build, main
 from utils.paths import REPO_ROOT
 
 PEOPLE = ["Aaron_Eckhart", "Abel_Pacheco", "Aaron_Peirsol"]
@@ -32,13 +32,13 @@ def dataset(tmp_path, lfw_root):
 @pytest.fixture()
 def counted_alignments(monkeypatch):
     calls = []
-    original = aligned_cache._align_one
+    original = face_cache._align_one
 
     def counting(path):
         calls.append(path)
         return original(path)
 
-    monkeypatch.setattr(aligned_cache, "_align_one", counting)
+    monkeypatch.setattr(face_cache, "_align_one", counting)
     return calls
 
 
@@ -56,12 +56,12 @@ def test_build_flags_no_face_and_lists_unreadable(dataset, tmp_path, counted_ali
 
 
 def test_only_images_inside_identity_folders_are_listed(dataset, tmp_path):
-    expected = aligned_cache.list_images(dataset)
+    expected = face_cache.list_images(dataset)
     shutil.copy(dataset / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", dataset / "loose.jpg")
     (dataset / "Aaron_Peirsol" / "nested").mkdir()
     shutil.copy(dataset / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", dataset / "Aaron_Peirsol" / "nested" / "x.jpg")
     shutil.copy(dataset / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", dataset / "Aaron_Peirsol" / ".hidden.jpg")
-    listed = aligned_cache.list_images(dataset)
+    listed = face_cache.list_images(dataset)
     assert listed == expected and "loose.jpg" not in listed
     assert {p.split("/")[0] for p in listed} == set(PEOPLE)
     assert "Aaron_Peirsol/Aaron_Peirsol_0001.jpg" in listed and "Abel_Pacheco/blank.png" in listed
@@ -111,14 +111,14 @@ def test_command_line_reports_and_errors(dataset, tmp_path, capsys):
 
 
 def test_default_cache_path_depends_on_every_setting(tmp_path):
-    base = aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose")
-    assert base == aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [0, 1], "hog")
-    assert aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", 1) == \
-        aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [1])
-    others = {aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [1]),
-              aligned_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [0, 1], "cnn"),
-              aligned_cache.default_cache_path(tmp_path, 128, "outer_eyes_and_nose"),
-              aligned_cache.default_cache_path(tmp_path, 96, "inner_eyes_and_bottom_lip")}
+    base = face_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose")
+    assert base == face_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [0, 1], "hog")
+    assert face_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", 1) == \
+        face_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [1])
+    others = {face_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [1]),
+              face_cache.default_cache_path(tmp_path, 96, "outer_eyes_and_nose", [0, 1], "cnn"),
+              face_cache.default_cache_path(tmp_path, 128, "outer_eyes_and_nose"),
+              face_cache.default_cache_path(tmp_path, 96, "inner_eyes_and_bottom_lip")}
     assert len(others) == 4 and base not in others
     assert base.name.startswith(f"{tmp_path.name}-") and "outer_eyes_and_nose-96-" in base.name
 
@@ -179,16 +179,16 @@ def test_second_builder_waits_for_the_lock_then_reuses_the_cache(dataset, tmp_pa
 
 def _worker_view() -> tuple[bool, list[int]]:
     """What a pool worker sees: whether it ignores Ctrl-C, and a module global the parent patched."""
-    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN, list(aligned_cache.DEFAULT_UPSAMPLE)
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN, list(face_cache.DEFAULT_UPSAMPLE)
 
 
 def test_worker_pool_starts_fresh_processes_that_ignore_ctrl_c(monkeypatch):
-    monkeypatch.setattr(aligned_cache, "DEFAULT_UPSAMPLE", (7,))  # a forked worker would inherit this
-    with aligned_cache.worker_pool(1, os.getpid) as pool:
+    monkeypatch.setattr(face_cache, "DEFAULT_UPSAMPLE", (7,))  # a forked worker would inherit this
+    with face_cache.worker_pool(1, os.getpid) as pool:
         ignores_ctrl_c, upsample = pool.apply(_worker_view)
     assert ignores_ctrl_c and upsample == [0, 1]
     assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # the parent still handles Ctrl-C
 
 
 def test_tests_keep_their_caches_out_of_the_repository():
-    assert not aligned_cache.cache_dir().resolve().is_relative_to(REPO_ROOT)  # tests/conftest.py redirects it
+    assert not face_cache.cache_dir().resolve().is_relative_to(REPO_ROOT)  # tests/conftest.py redirects it

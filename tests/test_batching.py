@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils.batching import (
+from utils.training.batching import (
     PKSampler,
     TrainingFaces,
     augment,
@@ -200,7 +200,7 @@ def test_strong_augmentation_greys_blurs_and_erases_some_faces_only():
 
 def test_train_offers_exactly_the_augmentation_presets():
     from train import build_parser
-    from utils.batching import AUGMENTATIONS
+    from utils.training.batching import AUGMENTATIONS
 
     action = next(a for a in build_parser()._actions if a.dest == "augmentation")
     assert action.choices == ["none", *AUGMENTATIONS]

@@ -9,7 +9,7 @@ import pytest
 
 from utils.datasets import lfw, msceleb
 from utils.datasets.folders import DatasetError, LabelledImage, list_identity_images
-from utils.image_io import decode_image, jpeg_bytes, read_image
+from utils.faces.image_io import decode_image, jpeg_bytes, read_image
 from utils.paths import data_dir, lfw_dir, lfw_protocol_dir
 
 # --- LFW protocol files (the real ones in ../shared/data/lfw-protocol) -------------------------

@@ -21,7 +21,7 @@ from utils.download import (
     download_file,
     part_path,
 )
-from utils.image_io import jpeg_bytes, read_image
+from utils.faces.image_io import jpeg_bytes, read_image
 
 
 def sha256(data: bytes) -> str:

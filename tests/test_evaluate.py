@@ -17,14 +17,14 @@ import pytest
 from PIL import Image
 
 import evaluate
-import utils.dlib_resnet as dlib_resnet
+import utils.evaluation.dlib_resnet as dlib_resnet
 from models import get_model
 from models.layers import L2Normalize
-from utils.align import centre_crop
-from utils.aligned_cache import load_or_build
 from utils.datasets.lfw import MissingImagesError
 from utils.embedding import embed_faces
-from utils.evaluation import evaluate_lfw
+from utils.evaluation.verification import evaluate_lfw
+from utils.faces.align import centre_crop
+from utils.faces.cache import load_or_build
 from utils.paths import REPO_ROOT, cache_dir
 
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Serena_Williams"]

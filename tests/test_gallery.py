@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.align import FaceAligner
-from utils.gallery import build_gallery, cache_path, check_person_name, list_gallery, model_fingerprint
-from utils.image_io import read_image
-from utils.matching import NoThresholdError, default_threshold, match, person_distances
+from utils.faces.align import FaceAligner
+from utils.faces.image_io import read_image
+from utils.recognition.gallery import build_gallery, cache_path, check_person_name, list_gallery, model_fingerprint
+from utils.recognition.matching import NoThresholdError, default_threshold, match, person_distances
 
 MODEL = "test_model"
 

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.image_io import (IMAGE_EXTENSIONS, EmptyImageError, ImageReadError, ImageTooLargeError, NotAnImageError,
-                            TruncatedImageError, decode_image, read_image)
+from utils.faces.image_io import (
+    IMAGE_EXTENSIONS,
+    EmptyImageError,
+    ImageReadError,
+    ImageTooLargeError,
+    NotAnImageError,
+    TruncatedImageError,
+    decode_image,
+    read_image,
+)
 
 
 def _gradient(h=40, w=30) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.metrics import (
+from utils.evaluation.metrics import (
     DEFAULT_THRESHOLDS,
     best_threshold,
     equal_error_rate,

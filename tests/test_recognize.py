@@ -18,13 +18,26 @@ import numpy as np
 import pytest
 
 import recognize
-from utils.align import FaceAligner
-from utils.drawing import UNKNOWN_COLOUR, colour_for, draw_face, draw_fps, label_text
-from utils.image_io import read_image
-from utils.synthetic_video import FRAME_SIZE, background, face_sprite, sprite_positions, write_moving_faces_video
-from utils.tracking import VideoRecognizer, box_iou, follow_box
-from utils.video_sources import (CameraSource, Frame, FrameSink, OutputError, SourceError, StreamSource,
-                                 open_source)
+from utils.faces.align import FaceAligner
+from utils.faces.image_io import read_image
+from utils.recognition.drawing import UNKNOWN_COLOUR, colour_for, draw_face, draw_fps, label_text
+from utils.recognition.sources import (
+    CameraSource,
+    Frame,
+    FrameSink,
+    OutputError,
+    SourceError,
+    StreamSource,
+    open_source,
+)
+from utils.recognition.synthetic_video import (
+    FRAME_SIZE,
+    background,
+    face_sprite,
+    sprite_positions,
+    write_moving_faces_video,
+)
+from utils.recognition.tracking import VideoRecognizer, box_iou, follow_box
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES_PER_SCENE = 5
@@ -114,7 +127,7 @@ def check_json_lines(stdout: str, frames: int, threshold: float) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def openface_threshold() -> float:
-    from utils.matching import default_threshold
+    from utils.recognition.matching import default_threshold
 
     return default_threshold(recognize.DEFAULT_MODEL)
 
@@ -256,7 +269,7 @@ def test_camera_that_stops_delivering_ends_the_run_cleanly(monkeypatch, capsys, 
 
     monkeypatch.setattr(recognize, "open_source", lambda *a, **k: CameraSource(0, opener=lambda i: FakeCapture(3)))
     monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: StubRecognizer())
-    monkeypatch.setattr("utils.video_sources.time.sleep", lambda s: None)
+    monkeypatch.setattr("utils.recognition.sources.time.sleep", lambda s: None)
     code = recognize.main(["--json", "--no-window"])
     captured = capsys.readouterr()
     assert code == recognize.EXIT_SOURCE_STOPPED
@@ -267,7 +280,7 @@ def test_camera_that_stops_delivering_ends_the_run_cleanly(monkeypatch, capsys, 
 # --- sources and sinks -------------------------------------------------------------------------
 
 def test_camera_source_raises_when_frames_stop(monkeypatch):
-    monkeypatch.setattr("utils.video_sources.time.sleep", lambda s: None)
+    monkeypatch.setattr("utils.recognition.sources.time.sleep", lambda s: None)
     source = CameraSource(3, opener=lambda i: FakeCapture(2))
     frames = []
     with pytest.raises(SourceError, match="camera 3 stopped delivering frames"):
@@ -501,7 +514,7 @@ def test_synthetic_video_writer_is_released_when_writing_fails(tmp_path, monkeyp
         def release(self):
             released.append(True)
 
-    monkeypatch.setattr("utils.synthetic_video.cv2.VideoWriter", Writer)
+    monkeypatch.setattr("utils.recognition.synthetic_video.cv2.VideoWriter", Writer)
     bad_sprite = np.zeros((40, 40, 4), np.uint8)  # four channels do not fit an RGB frame
     with pytest.raises(ValueError):
         write_moving_faces_video(tmp_path / "v.avi", [[bad_sprite]], frames_per_scene=2)

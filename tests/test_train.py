@@ -24,13 +24,14 @@ import pytest
 import tensorflow as tf
 
 from models.layers import L2Normalize
-from utils.batching import TrainingFaces
-from utils.checkpoints import Checkpoints, ResumeError, TrainState
-from utils.metrics import DEFAULT_THRESHOLDS, pair_distances, train_test_verification
+from utils.evaluation.metrics import DEFAULT_THRESHOLDS, pair_distances, train_test_verification
 from utils.paths import REPO_ROOT
-from utils.training import EXIT_CODES, TrainConfig, fit
-from utils.training_data import read_people_file
-from utils.training_metadata import metadata_writer
+from utils.training.batching import TrainingFaces
+from utils.training.checkpoints import Checkpoints, ResumeError, TrainState
+from utils.training.config import TrainConfig
+from utils.training.data import read_people_file
+from utils.training.loop import EXIT_CODES, fit
+from utils.training.metadata import metadata_writer
 
 SIZE = 32
 
@@ -179,9 +180,9 @@ def child() -> None:
 
 def print_a_line_after_every_step() -> None:
     """Make fit print ``STEP`` after each training step, so a test can signal it at a known point."""
-    import utils.training
+    import utils.training.loop
 
-    make_train_step = utils.training.make_train_step
+    make_train_step = utils.training.loop.make_train_step
 
     def make_marked_step(*args):
         step = make_train_step(*args)
@@ -193,7 +194,7 @@ def print_a_line_after_every_step() -> None:
 
         return marked
 
-    utils.training.make_train_step = make_marked_step
+    utils.training.loop.make_train_step = make_marked_step
 
 
 def one_step_on_two_replicas_and_on_one_device(faces: TrainingFaces, config: TrainConfig) -> dict:
@@ -202,9 +203,9 @@ def one_step_on_two_replicas_and_on_one_device(faces: TrainingFaces, config: Tra
     its share, the loss is the mean of the shares' losses and the gradient the mean of theirs."""
     import tensorflow as tf
 
-    from utils.batching import PKSampler, training_dataset
-    from utils.training import make_strategy, make_train_step
-    from utils.triplet_loss import get_loss
+    from utils.training.batching import PKSampler, training_dataset
+    from utils.training.loop import make_strategy, make_train_step
+    from utils.training.losses import get_loss
 
     sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed)
     mirrored, default = make_strategy("mirrored"), make_strategy("default")
@@ -465,7 +466,7 @@ def test_collapse_is_detected_and_stops_the_run(tmp_path):
 
 
 def test_cosine_schedule_anneals_by_steps_or_by_the_time_budget_whichever_is_further():
-    from utils.training import learning_rate
+    from utils.training.loop import learning_rate
     config = config_for(Path("."), lr=1e-3, epochs=10, steps_per_epoch=10)
     assert learning_rate(config, 0, 0.0) == pytest.approx(1e-3)
     assert learning_rate(config, 50, 0.0) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
@@ -503,8 +504,8 @@ def test_mixed_precision_keeps_a_float32_output_and_plain_weights(tmp_path):
 # --- data, validation and metadata helpers -------------------------------------------------------
 
 def test_people_files_of_both_formats_are_read_and_the_benchmark_people_are_excluded(tmp_path, shared_data):
-    from utils.benchmark_faces import MANIFEST, benchmark_images
-    from utils.training_data import default_exclusions
+    from utils.evaluation.benchmark_faces import MANIFEST, benchmark_images
+    from utils.training.data import default_exclusions
 
     dev_test = read_people_file(shared_data / "lfw-protocol" / "peopleDevTest.txt")
     assert len(dev_test) == 1711
@@ -535,10 +536,10 @@ def test_metadata_replaces_the_registry_json_or_goes_beside_custom_weights(tmp_p
 def test_data_sources_folder_tree_aligned_cache_and_msceleb_tsv(tmp_path, shared_data, monkeypatch):
     """The three --data kinds load the same faces: a tree (aligned and cached), its cache folder, a TSV
     (exported once: again only when the file changes)."""
-    import utils.training_data
-    from utils.aligned_cache import default_cache_path
+    import utils.training.data
     from utils.datasets.msceleb import TsvFace, write_tsv
-    from utils.training_data import export_msceleb, load_source, load_training_data
+    from utils.faces.cache import default_cache_path
+    from utils.training.data import export_msceleb, load_source, load_training_data
 
     monkeypatch.setenv("FACE_CACHE_DIR", str(tmp_path / "cache"))
     tree = tmp_path / "tree"
@@ -556,8 +557,8 @@ def test_data_sources_folder_tree_aligned_cache_and_msceleb_tsv(tmp_path, shared
         load_source(default_cache_path(tree, 96, "outer_eyes_and_nose"), 128)
     tsv = write_tsv(tmp_path / "celebs.tsv", faces)
     exports = []
-    export = utils.training_data.export_to_folders
-    monkeypatch.setattr(utils.training_data, "export_to_folders", lambda *a, **k: exports.append(a) or export(*a, **k))
+    export = utils.training.data.export_to_folders
+    monkeypatch.setattr(utils.training.data, "export_to_folders", lambda *a, **k: exports.append(a) or export(*a, **k))
     from_tsv = load_source(tsv, 96, log=lambda m: None)
     assert sorted(set(from_tsv.identities)) == [f"m.{name}" for name in sorted(set(from_tree.identities))]
     np.testing.assert_array_equal(from_tsv.faces, from_tree.faces)
@@ -576,10 +577,10 @@ def test_data_sources_folder_tree_aligned_cache_and_msceleb_tsv(tmp_path, shared
 
 
 def test_view1_evaluator_scores_a_model_on_the_dev_pairs(shared_data):
-    from utils.aligned_cache import AlignedFaces
     from utils.datasets.lfw import load_dev_pairs, pair_images
+    from utils.faces.cache import AlignedFaces
     from utils.paths import lfw_dir
-    from utils.training_data import view1_evaluator
+    from utils.training.data import view1_evaluator
 
     images = pair_images(load_dev_pairs("train") + load_dev_pairs("test"))
     rng = np.random.default_rng(0)
@@ -611,7 +612,7 @@ def test_cli_reports_a_tensorflow_failure_without_a_traceback(tmp_path, monkeypa
     def out_of_memory(config, validation):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor\nwith shape [128, 96]")
 
-    monkeypatch.setattr("utils.training.run", out_of_memory)
+    monkeypatch.setattr("utils.training.loop.run", out_of_memory)
     assert train.main(["--model", "nn2", "--checkpoint-dir", str(tmp_path / "c"), "--log-dir", str(tmp_path / "l"),
                        "--weights-out", str(tmp_path / "nn2.weights.h5")]) == 2
     err = capsys.readouterr().err

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils.triplet_loss import (batch_all_loss, batch_hard_loss, get_loss, pairwise_squared_distances,
-                                semi_hard_loss)
+from utils.training.losses import batch_all_loss, batch_hard_loss, get_loss, pairwise_squared_distances, semi_hard_loss
 
 MARGIN = 0.2
 

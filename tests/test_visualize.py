@@ -9,7 +9,7 @@ import pytest
 
 import visualize
 from models import get_model
-from utils.benchmark_faces import benchmark_images
+from utils.evaluation.benchmark_faces import benchmark_images
 
 PEOPLE = 4
 PER_PERSON = 5
@@ -124,8 +124,8 @@ def test_benchmark_faces_that_cannot_be_filled_give_a_clear_error(tmp_path, monk
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "benchmark_faces/Ariel_Sharon")
 
-    monkeypatch.setattr("utils.benchmark_figures.ensure_lfw", lambda root=None: lfw_root)
-    monkeypatch.setattr(f"utils.benchmark_figures.{broken}", refuse)
+    monkeypatch.setattr("utils.evaluation.figures.ensure_lfw", lambda root=None: lfw_root)
+    monkeypatch.setattr(f"utils.evaluation.figures.{broken}", refuse)
     assert visualize.main(["--models", "ang", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "cannot fill benchmark_faces/" in err and "Permission denied" in err and "Traceback" not in err
@@ -135,7 +135,7 @@ def test_ctrl_c_exits_130(monkeypatch, capsys, tmp_path):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("utils.benchmark_figures.draw_figures", interrupted)
+    monkeypatch.setattr("utils.evaluation.figures.draw_figures", interrupted)
     assert visualize.main(["--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
 

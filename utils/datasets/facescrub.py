@@ -29,7 +29,7 @@ from tqdm import tqdm
 from utils.atomic import atomic_path, write_text_atomic
 from utils.datasets.folders import DatasetError
 from utils.download import DownloadError, download_file
-from utils.image_io import ImageReadError, decode_image, jpeg_bytes
+from utils.faces.image_io import ImageReadError, decode_image, jpeg_bytes
 
 HEADER = ("name", "image_id", "face_id", "url", "bbox", "sha256")
 STATE_FILE = ".facescrub_state.json"

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from utils.image_io import IMAGE_EXTENSIONS
+from utils.faces.image_io import IMAGE_EXTENSIONS
 
 
 class DatasetError(ValueError):

@@ -43,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.datasets.folders import DatasetError
-from utils.image_io import ImageReadError, decode_image, jpeg_bytes
+from utils.faces.image_io import ImageReadError, decode_image, jpeg_bytes
 
 COLUMNS = ("MID", "ImageSearchRank", "ImageURL", "PageURL", "FaceID", "FaceRectangle", "FaceData")
 RECTANGLE = struct.Struct("<4f")

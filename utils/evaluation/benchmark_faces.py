@@ -1,7 +1,7 @@
 """The 10 people x 10 LFW faces used for the t-SNE figures.
 
 The list is committed (benchmark_faces/manifest.txt); the images are not.
-``python -m utils.benchmark_faces [--lfw DIR]`` copies them from an LFW folder.
+``python -m utils.evaluation.benchmark_faces [--lfw DIR]`` copies them from an LFW folder.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def fill_benchmark_faces(lfw_root: Path | None = None, dest: Path = BENCHMARK_FA
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.benchmark_faces",
+    parser = argparse.ArgumentParser(prog="python -m utils.evaluation.benchmark_faces",
                                      description="Fill benchmark_faces/ with the 100 LFW images its manifest lists.")
     parser.add_argument("--lfw", type=Path, default=None, help="LFW folder (default: ../shared/data/lfw)")
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 Descriptors are computed from the original image and the 68 landmarks that the aligned cache
 recorded, with dlib's own 150 px chip alignment (``compute_face_descriptor``). Images where no
-face was detected get landmarks from the shape predictor run on ``utils.align.centre_square``,
+face was detected get landmarks from the shape predictor run on ``utils.faces.align.centre_square``,
 the square that the centre-crop fallback keeps. Descriptors are cached per dataset under
 ``cache_dir()/dlib_resnet`` and reused while the image file and its landmarks are unchanged.
 """
@@ -17,11 +17,11 @@ import dlib
 import numpy as np
 from tqdm import tqdm
 
-from utils.align import centre_square
-from utils.aligned_cache import AlignedFaces, worker_pool
 from utils.atomic import atomic_path
-from utils.dlib_models import LANDMARKS_68, RESNET_DESCRIPTOR, dlib_model_path
-from utils.image_io import read_image
+from utils.faces.align import centre_square
+from utils.faces.cache import AlignedFaces, worker_pool
+from utils.faces.dlib_models import LANDMARKS_68, RESNET_DESCRIPTOR, dlib_model_path
+from utils.faces.image_io import read_image
 from utils.paths import cache_dir
 
 NAME = "dlib_resnet"
@@ -29,7 +29,7 @@ SAVE_EVERY = 1000  # descriptors computed between cache writes
 
 
 def centred_box(height: int, width: int) -> dlib.rectangle:
-    """`utils.align.centre_square` as a dlib box: the region the centre-crop fallback keeps."""
+    """`utils.faces.align.centre_square` as a dlib box: the region the centre-crop fallback keeps."""
     left, top, side = centre_square(height, width)
     return dlib.rectangle(left, top, left + side - 1, top + side - 1)
 
@@ -106,7 +106,7 @@ def _entry_key(file: Path, box: np.ndarray, landmarks: np.ndarray) -> np.ndarray
 
 
 class DlibResNetEmbedder:
-    """Embedder for ``utils.evaluation.evaluate_lfw``: ``embedder(aligned, rows) -> (len(rows), 128)``."""
+    """Embedder for ``utils.evaluation.verification.evaluate_lfw``: ``embedder(aligned, rows) -> (len(rows), 128)``."""
 
     def __init__(self, workers: int | None = None, progress: bool = True):
         self.workers = workers or os.cpu_count() or 1

@@ -11,14 +11,14 @@ import keras
 
 from models import TRAINABLE_MODEL_NAMES, get_model
 from models.weights import DEFAULT_INPUT_SIZE, MissingWeightsError, load_model, read_metadata, weights_path
-from utils.aligned_cache import AlignedFaces, load_or_build
-from utils.benchmark_faces import fill_benchmark_faces
 from utils.datasets.folders import DatasetError
 from utils.datasets.lfw_download import ensure_lfw
 from utils.download import DownloadError
 from utils.embedding import embed_faces, model_input_size
+from utils.evaluation.benchmark_faces import fill_benchmark_faces
+from utils.evaluation.tsne import Panel, cluster_scores, draw_panels, tsne_2d
+from utils.faces.cache import AlignedFaces, load_or_build
 from utils.paths import BENCHMARK_FACES_DIR
-from utils.visualization import Panel, cluster_scores, draw_panels, tsne_2d
 
 OPENFACE = "openface_nn4_small2"
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from utils.metrics import leave_one_out_1nn_accuracy, silhouette  # noqa: E402
+from utils.evaluation.metrics import leave_one_out_1nn_accuracy, silhouette  # noqa: E402
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Every image the pairs refer to is embedded once, from the aligned-face cache (images with no
 detected face are kept there as centre crops and counted), then each pair's distance goes into
-:mod:`utils.metrics`. train.py calls :func:`evaluate_lfw` every epoch with ``protocol="view1"``
+:mod:`utils.evaluation.metrics`. train.py calls :func:`evaluate_lfw` every epoch with ``protocol="view1"``
 and the cache it already holds (``aligned=``), so a call costs one batched pass over the images
 of the View 1 pairs.
 """
@@ -16,13 +16,26 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from utils.aligned_cache import AlignedFaces, load_or_build
 from utils.datasets.folders import DatasetError
 from utils.datasets.lfw import (
-    MissingImagesError, Pair, check_images_exist, load_dev_pairs, load_dev_people, load_view2_pairs, pair_images)
+    MissingImagesError,
+    Pair,
+    check_images_exist,
+    load_dev_pairs,
+    load_dev_people,
+    load_view2_pairs,
+    pair_images,
+)
 from utils.embedding import embed_faces, model_input_size
-from utils.metrics import (
-    DEFAULT_THRESHOLDS, METRICS, VerificationResult, kfold_verification, pair_distances, train_test_verification)
+from utils.evaluation.metrics import (
+    DEFAULT_THRESHOLDS,
+    METRICS,
+    VerificationResult,
+    kfold_verification,
+    pair_distances,
+    train_test_verification,
+)
+from utils.faces.cache import AlignedFaces, load_or_build
 from utils.paths import lfw_dir
 
 PROTOCOLS = ("view2", "view1", "view2-unseen")
@@ -109,7 +122,7 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
     ``aligned`` is the aligned cache to read faces from; without it the cache of ``lfw_root``
     (default ``utils.paths.lfw_dir()``) at the model's input size and ``landmarks`` is loaded, or
     built on first use. ``flip`` (Keras models only) averages each face's embedding with its
-    mirror image's. Thresholds are searched on ``utils.metrics.DEFAULT_THRESHOLDS[metric]``.
+    mirror image's. Thresholds are searched on ``utils.evaluation.metrics.DEFAULT_THRESHOLDS[metric]``.
     Raises ``DatasetError`` (a ``ValueError``) for missing protocol files, a missing LFW folder
     or images that the pairs reference but the folder or cache lacks.
     """

@@ -13,7 +13,7 @@ import cv2
 import dlib
 import numpy as np
 
-from utils.dlib_models import CNN_DETECTOR, LANDMARKS_68, dlib_model_path
+from utils.faces.dlib_models import CNN_DETECTOR, LANDMARKS_68, dlib_model_path
 from utils.paths import data_dir
 
 # Landmark triples that are mapped onto the template (dlib's 68-point numbering).

@@ -12,7 +12,7 @@ listed and left out. A re-run aligns only new or changed images. Each setting
 (size, landmarks, upsample levels, detector) has its own folder, and a lock file
 beside it makes a second process wait for the first one's build, then reuse it.
 
-Command line: ``python -m utils.aligned_cache DATASET_DIR [--out DIR]``.
+Command line: ``python -m utils.faces.cache DATASET_DIR [--out DIR]``.
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ except ImportError:  # Windows: caches are not locked there
 import numpy as np
 from tqdm import tqdm
 
-from utils.align import FaceAligner, centre_crop
 from utils.datasets.folders import DatasetError, list_identity_images
-from utils.image_io import ImageReadError, read_image
+from utils.faces.align import FaceAligner, centre_crop
+from utils.faces.image_io import ImageReadError, read_image
 from utils.paths import cache_dir
 
 DEFAULT_UPSAMPLE = (0, 1)  # upsample 0 finds LFW-sized faces 4x faster; 1 catches the rest
@@ -311,7 +311,7 @@ def load_cache(folder: str | Path) -> AlignedFaces:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.aligned_cache",
+        prog="python -m utils.faces.cache",
         description="Align every face of a folder-per-identity dataset once, with all cores, into a cache "
                     "that training and evaluation read. A re-run aligns only new or changed images.")
     parser.add_argument("dataset", type=Path, help="dataset root: <root>/<identity>/<image>")

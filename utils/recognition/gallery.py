@@ -20,10 +20,10 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from utils.align import FaceAligner
 from utils.atomic import atomic_path
 from utils.download import file_digests
-from utils.image_io import IMAGE_EXTENSIONS, ImageReadError, decode_image
+from utils.faces.align import FaceAligner
+from utils.faces.image_io import IMAGE_EXTENSIONS, ImageReadError, decode_image
 
 GALLERY_UPSAMPLE = (0, 1)  # gallery photos are few: also look for small faces
 MAX_SIDE = 1280  # larger photos are shrunk before detection (the face stays far above 96 px)
@@ -229,7 +229,7 @@ def enrol(frames: Iterable, aligner: FaceAligner, name: str, people_dir: str | P
     """Save up to count frames that show exactly one face as people/<name>/<name>_<time>_<k>.jpg.
 
     After each saved frame the next every-1 frames are passed over, so the pictures differ.
-    frames yields utils.video_sources.Frame objects. Returns the files written.
+    frames yields utils.recognition.sources.Frame objects. Returns the files written.
     """
     name = check_person_name(name)
     folder = Path(people_dir) / name

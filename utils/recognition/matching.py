@@ -20,7 +20,7 @@ import numpy as np
 
 
 class EmbeddingGallery(Protocol):
-    """What matching needs from a gallery (see utils.gallery.Gallery)."""
+    """What matching needs from a gallery (see utils.recognition.gallery.Gallery)."""
 
     people: list[str]
     embeddings: np.ndarray  # (N, D) float32

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from utils.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
+from utils.faces.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
 
 VIDEO_EXTENSIONS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")

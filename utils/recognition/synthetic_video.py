@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.align import FaceAligner
+from utils.faces.align import FaceAligner
 
 FRAME_SIZE = (640, 480)
 SPRITE_MARGIN = 2.0  # sprite side in face-box sides

@@ -17,8 +17,8 @@ import cv2
 import dlib
 import numpy as np
 
-from utils.align import FaceAligner
-from utils.matching import EmbeddingGallery, Match, match
+from utils.faces.align import FaceAligner
+from utils.recognition.matching import EmbeddingGallery, Match, match
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in frame pixels
 WINDOW_FACTOR = 1.8  # search window side, in face-box sides

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 if TYPE_CHECKING:
-    from utils.aligned_cache import AlignedFaces
+    from utils.faces.cache import AlignedFaces
 
 @dataclass(frozen=True)
 class Augmentation:

@@ -22,7 +22,7 @@ import numpy as np
 from utils.atomic import atomic_path, fsync, write_text_atomic
 
 if TYPE_CHECKING:
-    from utils.training import TrainConfig
+    from utils.training.config import TrainConfig
 
 # Settings that must match for --resume to continue the same run. Which faces are trained on is
 # checked by TrainState.pool_fingerprint (the people files' paths may change, their people not).

@@ -14,14 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from utils.aligned_cache import AlignedFaces, load_cache, load_or_build
 from utils.atomic import write_text_atomic
-from utils.batching import TrainingFaces, pool_datasets
-from utils.benchmark_faces import MANIFEST
 from utils.datasets.folders import DatasetError
 from utils.datasets.lfw import parse_people
 from utils.datasets.msceleb import export_to_folders
+from utils.evaluation.benchmark_faces import MANIFEST
+from utils.faces.cache import AlignedFaces, load_cache, load_or_build
 from utils.paths import cache_dir, data_dir, lfw_dir, lfw_protocol_dir
+from utils.training.batching import TrainingFaces, pool_datasets
 
 if TYPE_CHECKING:
     import keras
@@ -112,7 +112,7 @@ def load_training_data(sources: list[str], image_size: int, exclude_files: list[
 
 def view1_evaluator(lfw: AlignedFaces) -> Evaluator:
     """LFW View 1: threshold from the DevTrain pairs, accuracy and AUC on the DevTest pairs."""
-    from utils.evaluation import evaluate_lfw
+    from utils.evaluation.verification import evaluate_lfw
 
     def evaluate(model: keras.Model) -> dict[str, float]:
         v = evaluate_lfw(model, protocol="view1", aligned=lfw).verification

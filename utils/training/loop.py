@@ -1,15 +1,15 @@
 """Triplet training of a face-embedding model: settings, the step and the loop (train.py is the command line).
 
-One run = ``epochs`` x ``steps_per_epoch`` steps of P x K batches (utils.batching) with an
-online-mined triplet loss (utils.triplet_loss), Adam, a custom ``tf.function`` step under a
+One run = ``epochs`` x ``steps_per_epoch`` steps of P x K batches (utils.training.batching) with an
+online-mined triplet loss (utils.training.losses), Adam, a custom ``tf.function`` step under a
 ``tf.distribute`` strategy. After every epoch: LFW View 1 validation (or a given evaluator),
-the weights when validation AUC improves, their metadata (utils.training_metadata), a
-checkpoint (utils.checkpoints) and the CSV/TensorBoard/PNG logs (utils.training_log).
+the weights when validation AUC improves, their metadata (utils.training.metadata), a
+checkpoint (utils.training.checkpoints) and the CSV/TensorBoard/PNG logs (utils.training.log).
 
 The batches are a pure function of (seed, step), so the step number is the data pipeline's
 whole position and a resumed run performs the same steps as an uninterrupted one.
 
-Stops (utils.training_stops): Ctrl-C / SIGTERM (checkpoint, then exit), a NaN loss (message;
+Stops (utils.training.stops): Ctrl-C / SIGTERM (checkpoint, then exit), a NaN loss (message;
 the last checkpoint is kept), a collapse (a batch's embeddings at almost one point with every
 triplet active, for ``collapse_patience`` steps in a row), and the time budget (validate,
 checkpoint, finish). Workers of a multi-worker run vote on the signal and budget stops after
@@ -21,68 +21,35 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from utils.batching import PKSampler, TrainingFaces, training_dataset
-from utils.checkpoints import (
-    SELECTED_BY, Checkpoints, ResumeError, TrainState, copy_file_atomic, save_weights_atomic)
-from utils.training_data import Evaluator, lfw_view1_evaluator, load_training_data
-from utils.training_log import TrainingLog
-from utils.training_metadata import metadata_writer, training_record
-from utils.training_stops import CollapseDetector, StopSignals, make_stop_vote
-from utils.triplet_loss import get_loss, pairwise_squared_distances
+from utils.training.batching import PKSampler, TrainingFaces, training_dataset
+from utils.training.checkpoints import (
+    SELECTED_BY,
+    Checkpoints,
+    ResumeError,
+    TrainState,
+    copy_file_atomic,
+    save_weights_atomic,
+)
+from utils.training.config import STRATEGIES, TrainConfig
+from utils.training.data import Evaluator, lfw_view1_evaluator, load_training_data
+from utils.training.log import TrainingLog
+from utils.training.losses import get_loss, pairwise_squared_distances
+from utils.training.metadata import metadata_writer, training_record
+from utils.training.stops import CollapseDetector, StopSignals, make_stop_vote
 
-STRATEGIES = ("default", "mirrored", "multiworker")
-LR_SCHEDULES = ("cosine", "constant")
 FINAL_LR_FRACTION = 0.01
 EXIT_CODES = {"completed": 0, "time-budget": 0, "interrupted": 130, "nan": 3, "collapsed": 4}
 
 
 class TrainingError(RuntimeError):
     """Training cannot start or go on; the message says why and what to do."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs besides the data arrays; saved in every checkpoint."""
-
-    model: str
-    data: list[str]
-    checkpoint_dir: str
-    log_dir: str
-    weights_out: str
-    epochs: int = 50
-    steps_per_epoch: int = 100
-    identities_per_batch: int = 32
-    images_per_identity: int = 4
-    margin: float = 0.2
-    mining: str = "semi-hard"
-    soft_margin: bool = False
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"
-    image_size: int = 96
-    seed: int = 0
-    time_budget_hours: float | None = None
-    strategy: str = "default"
-    mixed_precision: bool = False
-    augmentation: str = "mild"   # "none" or a key of utils.batching.AUGMENTATIONS
-    min_images: int = 2
-    exclude_people: list[str] = field(default_factory=list)
-    collapse_patience: int = 50
-    resume: bool = False
-
-    @property
-    def batch_size(self) -> int:
-        return self.identities_per_batch * self.images_per_identity
-
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
 
 
 def learning_rate(config: TrainConfig, step: int, wall_seconds: float) -> float:
@@ -267,7 +234,7 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
     ``evaluate(model)`` returns validation figures (``auc`` selects the best weights; all are
     logged with a ``val_`` prefix); without it the latest weights count as the best.
     ``metadata(record)`` is called after every epoch with the record of the saved weights and
-    the run (utils.training_metadata.training_record). ``strategy`` defaults to
+    the run (utils.training.metadata.training_record). ``strategy`` defaults to
     ``make_strategy(config.strategy)``.
     """
     if faces.image_size != config.image_size:

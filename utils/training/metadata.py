@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from utils.atomic import write_text_atomic
-from utils.checkpoints import SELECTED_BY
+from utils.training.checkpoints import SELECTED_BY
 
 if TYPE_CHECKING:
-    from utils.batching import TrainingFaces
-    from utils.checkpoints import TrainState
-    from utils.training import TrainConfig
+    from utils.training.batching import TrainingFaces
+    from utils.training.checkpoints import TrainState
+    from utils.training.config import TrainConfig
 
 
 def hardware_description() -> str:
