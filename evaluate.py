@@ -19,15 +19,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from utils.evaluation.dlib_resnet import NAME as DLIB  # noqa: E402
-from utils.paths import BENCHMARK_RESULTS_DIR, lfw_dir, lfw_protocol_dir  # noqa: E402
+from utils.console import import_tensorflow_quietly
+from utils.evaluation.dlib_resnet import NAME as DLIB
+from utils.paths import BENCHMARK_RESULTS_DIR, lfw_dir, lfw_protocol_dir
 
 
 def _parser() -> argparse.ArgumentParser:
     from models import MODEL_NAMES
-    from utils.evaluation.verification import PROTOCOLS
+    from utils.datasets.lfw import PROTOCOLS
 
     parser = argparse.ArgumentParser(
         description="LFW face-verification benchmark: accuracy +- std over folds (threshold chosen on the "
@@ -58,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", choices=["sqeuclidean", "cosine"], default="sqeuclidean",
                         help="pair distance (default: sqeuclidean, thresholds 0..4 step 0.01; cosine: 0..2 step 0.005)")
     parser.add_argument("--batch-size", type=int, default=64, help="faces per model call (default: 64)")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and log lines")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="processes for aligning new images and for dlib descriptors (default: all cores)")
     parser.add_argument("--out", type=Path, default=BENCHMARK_RESULTS_DIR,
@@ -85,6 +85,7 @@ def _evaluate(args: argparse.Namespace) -> list[tuple]:
     Protocol files, images and weights are all checked before the first (slow) evaluation.
     The wall time of a model covers aligning (on first use of a cache) and embedding.
     """
+    import_tensorflow_quietly(args.verbose)
     import keras
 
     from models import get_model

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from utils.console import import_tensorflow_quietly
 from utils.paths import PEOPLE_DIR
 from utils.recognition.sources import (
     Frame,
@@ -89,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     out.add_argument("--output", type=Path, help="write annotated frames to a video (.mp4, .avi, ...) or a folder")
     out.add_argument("--json", action="store_true", help="print one JSON line per frame on stdout")
     out.add_argument("--no-window", action="store_true", help="do not open a window")
+    out.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and log lines")
     out.add_argument("--reconnect", type=int, default=5, metavar="N",
                      help="reconnection attempts when a stream URL drops (default 5)")
     enrol = parser.add_argument_group("enrolment")
@@ -147,7 +148,7 @@ def run_enrol(args: argparse.Namespace, source: FrameSource) -> int:
 
 def load_recognizer(args: argparse.Namespace, detect_every: int):
     """Model, threshold and gallery; SetupError with a clear message when one is missing."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow_quietly(args.verbose)
     from models.weights import MissingWeightsError, load_model, weights_path
     from utils.embedding import embed_faces, model_input_size
     from utils.recognition.gallery import build_gallery, model_fingerprint

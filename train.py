@@ -87,9 +87,8 @@ def shown(path: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from models import TRAINABLE_MODEL_NAMES
-    from utils.training.config import LR_SCHEDULES, STRATEGIES
+    from utils.training.config import LR_SCHEDULES, MINING_NAMES, STRATEGIES
     from utils.training.data import default_data, default_exclusions
-    from utils.training.losses import MINING
 
     p = argparse.ArgumentParser(prog="python train.py", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per identity, at least 2 (default 4)")
     p.add_argument("--margin", type=float_above(0.0, inclusive=True), default=0.2,
                    help="triplet margin on squared L2 distances (default 0.2)")
-    p.add_argument("--mining", choices=list(MINING), default="semi-hard",
+    p.add_argument("--mining", choices=MINING_NAMES, default="semi-hard",
                    help="semi-hard (FaceNet; default: it learns from scratch where batch-hard collapsed), "
                         "batch-hard (Hermans et al.) or all (every active triplet)")
     p.add_argument("--soft-margin", action="store_true", help="softplus(d_ap - d_an) instead of the hinge")
@@ -146,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "aligned faces as they are")
     p.add_argument("--no-validation", action="store_true",
                    help="skip LFW View 1 after each epoch (the latest weights are kept instead of the best)")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and log lines")
     p.add_argument("--collapse-patience", type=int_at_least(0), default=50,
                    help="stop after this many collapsed steps in a row; 0 never stops (default 50)")
     return p
@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 def train(args: argparse.Namespace) -> int:
     """Run training as the arguments say; returns the exit code (2 with a message for bad input or a
     failed TensorFlow step)."""
+    from utils.console import import_tensorflow_quietly
+
+    import_tensorflow_quietly(args.verbose)
     import tensorflow as tf
 
     from models.weights import weights_path

@@ -37,14 +37,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="draw one panel per epoch_*.weights.h5 in this folder (needs one --models name)")
     parser.add_argument("--out", type=Path, default=BENCHMARK_RESULTS_DIR, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init weights and of t-SNE")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and log lines")
     return parser.parse_args(argv)
 
 
 def draw(args: argparse.Namespace) -> int:
     """Draw the figures; exit status 2 with a message when they cannot be drawn."""
-    from utils.evaluation.figures import FigureError, draw_figures
+    from utils.console import import_tensorflow_quietly
 
     start = time.perf_counter()
+    import_tensorflow_quietly(args.verbose)
+    from utils.evaluation.figures import FigureError, draw_figures
+
     try:
         written = draw_figures(args)
     except (FigureError, OSError) as err:  # OSError: the figures or the JSON cannot be written

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import recognize
+from utils.console import TENSORFLOW_NOISE
 from utils.faces.align import FaceAligner
 from utils.faces.image_io import read_image
 from utils.recognition.drawing import UNKNOWN_COLOUR, colour_for, draw_face, draw_fps, label_text
@@ -178,6 +179,7 @@ def test_end_to_end_five_celebrity_gallery(tmp_path, shared_data, aligner, stran
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 embedded now" in again.stderr  # the whole gallery came from the cache
     assert "no window:" not in again.stderr
+    assert not [line for line in again.stderr.splitlines() if any(n in line for n in TENSORFLOW_NOISE)]
     [record] = [json.loads(line) for line in again.stdout.splitlines()]
     assert record["image"] == image.name and len(record["faces"]) == 1 and not record["faces"][0]["tracked"]
     assert record["faces"][0]["name"] == "unknown" and record["faces"][0]["nearest"] == "madonna"

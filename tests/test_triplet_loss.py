@@ -140,3 +140,10 @@ def test_float16_embeddings_give_float32_loss():
 def test_unknown_mining_is_a_clear_error():
     with pytest.raises(ValueError, match="semi-hard"):
         get_loss("hardest")
+
+
+def test_train_offers_exactly_the_mining_rules():
+    from utils.training.config import MINING_NAMES
+    from utils.training.losses import MINING
+
+    assert MINING_NAMES == tuple(MINING)

@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
+from utils.console import progress_bar
 
 USER_AGENT = "facetk-downloader/1.0 (+python-urllib)"
 CHUNK_SIZE = 1 << 16
@@ -143,7 +143,7 @@ def _transfer(url: str, dest: Path, part: Path, resume: bool, timeout: float, pr
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         received = 0
-        with open(part, "ab" if offset else "wb") as out, tqdm(
+        with open(part, "ab" if offset else "wb") as out, progress_bar(
             total=None if expected is None else offset + expected, initial=offset, unit="B",
             unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress, leave=False,
         ) as bar:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import cv2
 import keras
 import numpy as np
-from tqdm import tqdm
+
+from utils.console import progress_bar
 
 
 def model_input_size(model: keras.Model) -> int:
@@ -45,7 +46,7 @@ def embed_faces(model: keras.Model, faces: np.ndarray, batch_size: int = 64, fli
     dim = int(model.output_shape[-1])
     out = np.empty((len(faces), dim), dtype=np.float32)
     starts = range(0, len(faces), batch_size)
-    for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
+    for start in progress_bar(starts, desc="embedding", unit="batch", disable=not progress):
         batch = _resize(faces[start:start + batch_size], size).astype(np.float32) / 255.0
         if flip:
             batch = np.concatenate([batch, batch[:, :, ::-1]])

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from utils.atomic import atomic_path, write_text_atomic
+from utils.console import progress_bar
 from utils.datasets.folders import DatasetError
 from utils.download import DownloadError, download_file
 from utils.faces.image_io import ImageReadError, decode_image, jpeg_bytes
@@ -189,7 +189,7 @@ def download_faces(
             todo[entry.relpath] = entry
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        with tqdm(total=len(todo), unit="face", desc="FaceScrub", disable=not progress) as bar:
+        with progress_bar(total=len(todo), unit="face", desc="FaceScrub", disable=not progress) as bar:
             futures = {pool.submit(_fetch_face, entry, out_dir, margin, timeout, verify, retries): entry
                        for entry in todo.values()}
             for done, future in enumerate(as_completed(futures), start=1):

@@ -23,6 +23,8 @@ VIEW2_PEOPLE = "people.txt"
 DEV_PAIRS = {"train": "pairsDevTrain.txt", "test": "pairsDevTest.txt"}
 DEV_PEOPLE = {"train": "peopleDevTrain.txt", "test": "peopleDevTest.txt"}
 BENCHMARK_FACES_FILE = "benchmark_faces.txt"
+# view2: 10-fold pairs.txt; view1: DevTrain threshold, DevTest score; view2-unseen: View 2 cut to DevTest people
+PROTOCOLS = ("view2", "view1", "view2-unseen")
 
 Split = Literal["train", "test"]
 

@@ -26,8 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
+from utils.console import progress_bar
 from utils.datasets.folders import DatasetError
 from utils.download import DownloadError, download_file
 from utils.paths import data_dir, lfw_dir, lfw_protocol_dir
@@ -87,7 +86,7 @@ def extract_archive(archive: Path, root: Path, progress: bool = True) -> Path:
     staging.mkdir(parents=True)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            for member in tqdm(tar, unit=" files", desc=f"extracting {archive.name}", disable=not progress):
+            for member in progress_bar(tar, unit=" files", desc=f"extracting {archive.name}", disable=not progress):
                 try:
                     tar.extract(member, staging, filter="data")
                 except tarfile.FilterError as err:

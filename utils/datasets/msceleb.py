@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from utils.console import progress_bar
 from utils.datasets.folders import DatasetError
 from utils.faces.image_io import ImageReadError, decode_image, jpeg_bytes
 
@@ -207,7 +207,7 @@ def export_to_folders(tsv: str | Path, out_dir: str | Path, min_images: int = 1,
     reader = MsCelebReader(tsv, strict=strict)
     summary = ExportSummary()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=reader.path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
+    with progress_bar(total=reader.path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
               desc=f"exporting {reader.path.name}", disable=not progress) as bar:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # corrupt lines are returned in the summary instead

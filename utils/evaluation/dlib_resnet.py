@@ -15,9 +15,9 @@ from typing import Iterator, Sequence
 
 import dlib
 import numpy as np
-from tqdm import tqdm
 
 from utils.atomic import atomic_path
+from utils.console import progress_bar
 from utils.faces.align import centre_square
 from utils.faces.cache import AlignedFaces, worker_pool
 from utils.faces.dlib_models import LANDMARKS_68, RESNET_DESCRIPTOR, dlib_model_path
@@ -69,10 +69,10 @@ def _describe_many(jobs: list[tuple], workers: int, progress: bool) -> Iterator[
     bar = dict(total=len(jobs), desc="dlib descriptors", unit="img", disable=not progress)
     if workers <= 1:
         _init_worker()
-        yield from tqdm(map(_describe, jobs), **bar)
+        yield from progress_bar(map(_describe, jobs), **bar)
         return
     with worker_pool(workers, _init_worker) as pool:
-        yield from tqdm(pool.imap(_describe, jobs, chunksize=8), **bar)
+        yield from progress_bar(pool.imap(_describe, jobs, chunksize=8), **bar)
 
 
 # --- descriptor cache ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ import numpy as np
 
 from utils.datasets.folders import DatasetError
 from utils.datasets.lfw import (
+    PROTOCOLS,
     MissingImagesError,
     Pair,
     check_images_exist,
@@ -38,7 +39,6 @@ from utils.evaluation.metrics import (
 from utils.faces.cache import AlignedFaces, load_or_build
 from utils.paths import lfw_dir
 
-PROTOCOLS = ("view2", "view1", "view2-unseen")
 # view2-unseen: the View 2 pairs whose two people are both in peopleDevTest.txt, the people that
 # train.py always leaves out, so a model trained here is scored on strangers only (1,147 pairs,
 # 870 of them same-person: read AUC and EER, accuracy's chance level is the same-pair share).

@@ -38,8 +38,8 @@ except ImportError:  # Windows: caches are not locked there
     fcntl = None
 
 import numpy as np
-from tqdm import tqdm
 
+from utils.console import progress_bar
 from utils.datasets.folders import DatasetError, list_identity_images
 from utils.faces.align import FaceAligner, centre_crop
 from utils.faces.image_io import ImageReadError, read_image
@@ -155,10 +155,10 @@ def _align_many(files: Sequence[str], settings: dict, workers: int, desc: str,
     bar = dict(total=len(files), desc=desc, unit="img", disable=not progress)
     if workers <= 1:
         _init_worker(settings)
-        yield from tqdm(map(_align_one, files), **bar)
+        yield from progress_bar(map(_align_one, files), **bar)
         return
     with worker_pool(workers, _init_worker, (settings,)) as pool:
-        yield from tqdm(pool.imap(_align_one, files, chunksize=16), **bar)
+        yield from progress_bar(pool.imap(_align_one, files, chunksize=16), **bar)
 
 
 # --- cache files ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 LR_SCHEDULES = ("cosine", "constant")
+MINING_NAMES = ("semi-hard", "batch-hard", "all")  # the keys of utils.training.losses.MINING
 
 
 @dataclass

@@ -21,10 +21,11 @@ from utils.datasets.msceleb import export_to_folders
 from utils.evaluation.benchmark_faces import MANIFEST
 from utils.faces.cache import AlignedFaces, load_cache, load_or_build
 from utils.paths import cache_dir, data_dir, lfw_dir, lfw_protocol_dir
-from utils.training.batching import TrainingFaces, pool_datasets
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # TensorFlow loads with the first batch, not with train.py --help
     import keras
+
+    from utils.training.batching import TrainingFaces
 
 Evaluator = Callable[["keras.Model"], dict[str, float]]
 EXPORT_MARKER = ".export-complete.json"  # in an MS-Celeb export folder: which TSV it holds, whole
@@ -96,6 +97,8 @@ def load_source(source: str | Path, image_size: int, log: Callable[[str], None] 
 def load_training_data(sources: list[str], image_size: int, exclude_files: list[str], min_images: int,
                        log: Callable[[str], None] = print) -> tuple[TrainingFaces, dict[str, AlignedFaces]]:
     """Pool the sources (identities namespaced by the source's folder name) minus the excluded people."""
+    from utils.training.batching import pool_datasets
+
     excluded = set().union(*(read_people_file(f) for f in exclude_files))
     loaded: dict[str, AlignedFaces] = {}
     for source in sources:
