@@ -199,6 +199,11 @@ def train(args: argparse.Namespace) -> int:
         exclude_people=default_exclusions() + [str(Path(f).resolve()) for f in args.exclude_people],
         collapse_patience=args.collapse_patience, resume=args.resume is not None)
     print(f"run folder: {folders.run_dir}")
+    publishes = folders.weights_out.resolve() == weights_path(args.model).resolve()
+    if publishes:
+        print(f"--weights-out replaces the published {args.model} weights, and their LFW figures go with them: "
+              f"run `python evaluate.py --model {args.model}` after training (recognize.py takes its threshold "
+              "from it), or train into the run folder and --publish it")
     try:
         code = run(config, validation=not args.no_validation)
     except (TrainingError, ValueError, OSError) as err:  # DatasetError, ResumeError, RunFolderError: ValueErrors
@@ -209,10 +214,8 @@ def train(args: argparse.Namespace) -> int:
               f"{err.message.splitlines()[0]}); the last checkpoint in {config.checkpoint_dir}, if any, is "
               "intact", file=sys.stderr)
         return 2
-    if folders.weights_out.resolve() == weights_path(args.model).resolve():
-        print(f"the published {args.model} weights were replaced and their LFW figures dropped: run "
-              f"`python evaluate.py --model {args.model}` (recognize.py takes its threshold from it)")
-    elif folders.weights_out.parent.resolve() == folders.run_dir.resolve():
+    in_run_folder = folders.weights_out.parent.resolve() == folders.run_dir.resolve()
+    if not publishes and in_run_folder and folders.weights_out.is_file():
         print(f"to make these weights the published ones: python train.py --publish {folders.run_dir}")
     return code
 

@@ -154,7 +154,7 @@ class Checkpoints:
         with damaged_file_is_a_resume_error(path / "model.weights.h5"):
             model.load_weights(path / "model.weights.h5")
         load_variables(path / "optimizer.npz", optimizer.variables, "optimizer variables")
-        if (path / "random.npz").is_file():  # (checkpoints from before it resume, not quite exactly)
+        if (path / "random.npz").is_file():  # older checkpoints have none: they resume with fresh Dropout seeds
             load_variables(path / "random.npz", random_states(model), "random generator states")
         snapshot = self.snapshot_of(state.step, config)
         if not snapshot.is_file():  # a kill cut its copy short
