@@ -21,7 +21,7 @@ from pathlib import Path
 
 from utils.console import import_tensorflow_quietly
 from utils.evaluation.dlib_resnet import NAME as DLIB
-from utils.paths import BENCHMARK_RESULTS_DIR, lfw_dir, lfw_protocol_dir
+from utils.paths import BENCHMARK_RESULTS_DIR, lfw_dir, lfw_protocol_dir, portable_path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,11 +165,11 @@ def _write_results(args: argparse.Namespace, rows, started: float) -> tuple[dict
     title = f"LFW {args.protocol} ({args.metric}{', flip' if args.flip else ''})"
     png = plot_roc_curves({name: result.verification for name, _, result, _ in rows},
                           args.out / f"{stem}_roc.png", title=title)
-    record = {
-        "protocol": args.protocol, "metric": args.metric, "flip": args.flip, "lfw": str(args.lfw),
-        "pairs_dir": str(args.pairs_dir), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_seconds": time.perf_counter() - started, "roc_png": str(png),
-        "results": [{"model": name, "weights": str(weights) if weights else None, "wall_seconds": seconds,
+    record = {  # paths without this machine's folders (data:lfw, weights/ang.weights.h5)
+        "protocol": args.protocol, "metric": args.metric, "flip": args.flip, "lfw": portable_path(args.lfw),
+        "pairs_dir": portable_path(args.pairs_dir), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - started, "roc_png": png.name,
+        "results": [{"model": name, "weights": portable_path(weights) if weights else None, "wall_seconds": seconds,
                      **result.to_dict()} for name, weights, result, seconds in rows],
     }
     json_path = args.out / f"{stem}.json"

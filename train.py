@@ -4,10 +4,18 @@
 
 trains on the LFW people outside View 1 DevTest (and outside the 10 benchmark-face people)
 plus ../shared/data/celeba-subset, validates on LFW View 1 after every epoch and keeps the
-weights of the epoch with the best View 1 AUC in weights/<model>.weights.h5 with
-weights/<model>.json. Ctrl-C stops after a checkpoint; ``--resume`` continues exactly where the
-checkpoint stands; resuming with a larger --time-budget trains on (the cosine schedule is
-stretched to the new budget).
+weights of the epoch with the best View 1 AUC. Everything goes into the run's own folder,
+runs/<model>/<UTC start time or --run-name>/: checkpoints, logs, the kept <model>.weights.h5
+and its <model>.json. Ctrl-C stops after a checkpoint; ``--resume`` continues the latest run
+of the model exactly where its checkpoint stands (``--resume RUN_DIR`` a given one); resuming
+with a larger --time-budget trains on (the cosine schedule is stretched to the new budget).
+One process at a time trains in a run folder.
+
+    python train.py --publish runs/ang/20261130T175200Z
+
+makes a run's kept weights the model's published ones (weights/<model>.weights.h5 and .json)
+and evaluates them on LFW View 2 and View 2 unseen people (evaluate.py), which recognize.py
+takes its default threshold from.
 
 Several machines (--strategy multiworker): start the same command on every machine, each with
 a TF_CONFIG environment variable naming the whole cluster and its own place in it, e.g. on the
@@ -38,10 +46,11 @@ folder tree in the cache folder first). Only faces where dlib found a face are t
 identities with fewer than --min-images of them are left out, those with fewer than K are
 sampled with replacement. Identities are namespaced per dataset.
 
-Every epoch writes <log-dir>/metrics.csv, <log-dir>/training_curves.png, TensorBoard events in
-<log-dir>/tensorboard and a checkpoint in <checkpoint-dir>. Exit codes: 0 done or time budget
-reached, 2 bad input, an unwritable output folder or a step TensorFlow cannot run (out of
-memory, say), 3 NaN loss, 4 collapse (all embeddings at one point), 130 stopped by Ctrl-C or
+Every epoch writes metrics.csv, training_curves.png, TensorBoard events in tensorboard/ (in
+--log-dir, default the run folder) and a checkpoint (in --checkpoint-dir, default the run
+folder). Exit codes: 0 done or time budget reached, 2 bad input, an unwritable output folder, a
+run folder another process trains in, a damaged checkpoint or a step TensorFlow cannot run (out
+of memory, say), 3 NaN loss, 4 collapse (all embeddings at one point), 130 stopped by Ctrl-C or
 SIGTERM (during the training steps: after a checkpoint)."""
 MIN_IMAGE_SIZE = 96  # the smallest input the architectures take (models.blocks.face_input)
 
@@ -92,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python train.py", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=TRAINABLE_MODEL_NAMES, help="architecture to train")
+    p.add_argument("--model", choices=TRAINABLE_MODEL_NAMES, help="architecture to train (required)")
     p.add_argument("--data", nargs="+", metavar="PATH", default=default_data(),
                    help="training datasets (default: LFW and celeba-subset under the shared data folder)")
     p.add_argument("--exclude-people", action="append", metavar="FILE", default=[],
@@ -121,12 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "whichever comes first; constant: keep --lr")
     p.add_argument("--image-size", type=int_at_least(MIN_IMAGE_SIZE), default=96,
                    help=f"input size in pixels, at least {MIN_IMAGE_SIZE} (default 96)")
+    p.add_argument("--run-name", metavar="NAME",
+                   help="the run folder's name under runs/<model>/ (default: the UTC start time)")
+    p.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                   help="continue a run from its checkpoint: RUN_DIR, else the one in --checkpoint-dir or "
+                        "named by --run-name, else the latest run of --model")
     p.add_argument("--weights-out", type=weights_file,
-                   help="best weights file, *.weights.h5 (default weights/<model>.weights.h5; "
-                        "metadata goes beside it as .json)")
-    p.add_argument("--checkpoint-dir", type=Path, help="default checkpoints/<model>")
-    p.add_argument("--log-dir", type=Path, help="CSV, PNG and TensorBoard logs (default runs/<model>)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+                   help="best weights file, *.weights.h5, metadata beside it as .json (default: in the run "
+                        "folder; weights/<model>.weights.h5 replaces the published weights and drops their "
+                        "LFW figures: --publish keeps them)")
+    p.add_argument("--checkpoint-dir", type=Path,
+                   help="checkpoints and epoch snapshots (default: the run folder, runs/<model>/<run>)")
+    p.add_argument("--log-dir", type=Path, help="CSV, PNG and TensorBoard logs (default: the run folder)")
+    p.add_argument("--publish", type=Path, metavar="RUN_DIR",
+                   help="instead of training: copy RUN_DIR's kept weights and metadata to weights/ and "
+                        "evaluate them on LFW View 2 and View 2 unseen people (a few minutes)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, batches and augmentation (default 0)")
     p.add_argument("--time-budget", type=float_above(0.0), metavar="HOURS",
                    help="stop (after validating and checkpointing) once this much wall time is spent, "
@@ -152,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train(args: argparse.Namespace) -> int:
-    """Run training as the arguments say; returns the exit code (2 with a message for bad input or a
-    failed TensorFlow step)."""
+    """Run training as the arguments say; returns the exit code (2 with a message for bad input, a run
+    folder in use or a failed TensorFlow step)."""
     from utils.console import import_tensorflow_quietly
 
     import_tensorflow_quietly(args.verbose)
@@ -163,12 +181,18 @@ def train(args: argparse.Namespace) -> int:
     from utils.training.config import TrainConfig
     from utils.training.data import default_exclusions
     from utils.training.loop import TrainingError, run
+    from utils.training.runs import resolve_run
 
+    try:
+        folders = resolve_run(args.model, weights_path(args.model).name, run_name=args.run_name, resume=args.resume,
+                              checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, weights_out=args.weights_out)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     config = TrainConfig(
         model=args.model, data=[str(Path(d).resolve()) for d in args.data],
-        checkpoint_dir=str(args.checkpoint_dir or REPO_ROOT / "checkpoints" / args.model),
-        log_dir=str(args.log_dir or REPO_ROOT / "runs" / args.model),
-        weights_out=str(args.weights_out or weights_path(args.model)),
+        checkpoint_dir=str(folders.checkpoint_dir), log_dir=str(folders.log_dir),
+        weights_out=str(folders.weights_out),
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, identities_per_batch=args.batch_identities,
         images_per_identity=args.images_per_identity, margin=args.margin, mining=args.mining,
         soft_margin=args.soft_margin, lr=args.lr, lr_schedule=args.lr_schedule,
@@ -176,10 +200,16 @@ def train(args: argparse.Namespace) -> int:
         time_budget_hours=args.time_budget, strategy=args.strategy, mixed_precision=args.mixed_precision,
         augmentation=args.augmentation, min_images=args.min_images,
         exclude_people=default_exclusions() + [str(Path(f).resolve()) for f in args.exclude_people],
-        collapse_patience=args.collapse_patience, resume=args.resume)
+        collapse_patience=args.collapse_patience, resume=args.resume is not None)
+    print(f"run folder: {folders.run_dir}")
+    publishes = folders.weights_out.resolve() == weights_path(args.model).resolve()
+    if publishes:
+        print(f"--weights-out replaces the published {args.model} weights, and their LFW figures go with them: "
+              f"run `python evaluate.py --model {args.model}` after training (recognize.py takes its threshold "
+              "from it), or train into the run folder and --publish it")
     try:
-        return run(config, validation=not args.no_validation)
-    except (TrainingError, ValueError, OSError) as err:  # DatasetError, ResumeError: ValueErrors
+        code = run(config, validation=not args.no_validation)
+    except (TrainingError, ValueError, OSError) as err:  # DatasetError, ResumeError, RunFolderError: ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
     except tf.errors.OpError as err:  # e.g. out of GPU memory, or an op the device cannot run
@@ -187,12 +217,40 @@ def train(args: argparse.Namespace) -> int:
               f"{err.message.splitlines()[0]}); the last checkpoint in {config.checkpoint_dir}, if any, is "
               "intact", file=sys.stderr)
         return 2
+    in_run_folder = folders.weights_out.parent.resolve() == folders.run_dir.resolve()
+    if not publishes and in_run_folder and folders.weights_out.is_file():
+        print(f"to make these weights the published ones: python train.py --publish {folders.run_dir}")
+    return code
+
+
+def publish(run_dir: Path) -> int:
+    """--publish: copy the run's kept weights into weights/, then evaluate them as evaluate.py does."""
+    import evaluate
+    from utils.training.publish import publish_run
+
+    try:
+        model = publish_run(run_dir)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for protocol in ("view2", "view2-unseen"):
+        code = evaluate.main(["--model", model, "--protocol", protocol, "--out", str(run_dir)])
+        if code != 0:
+            print(f"error: the weights are published but their LFW {protocol} evaluation failed, so recognize.py "
+                  f"has no default threshold for {model} yet: fix what the message above says and run "
+                  f"`python evaluate.py --model {model} --protocol {protocol}`", file=sys.stderr)
+            return code
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.publish is None and args.model is None:
+        parser.error("the following arguments are required: --model (or --publish RUN_DIR)")
     try:
-        return train(build_parser().parse_args(argv))
+        return publish(args.publish) if args.publish is not None else train(args)
     except KeyboardInterrupt:  # the training steps catch both signals themselves and checkpoint
         print("\ninterrupted outside the training steps: nothing was lost (the latest checkpoint, if any, "
               "is intact; --resume continues from it)", file=sys.stderr)

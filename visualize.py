@@ -4,7 +4,8 @@ Writes into benchmark_results/ (or --out):
   progress.png          each trained-from-scratch architecture, random init beside trained
   openface_nn4sv1.png   OpenFace nn4.small2.v1, random init beside pretrained
   visualize_metrics.json  leave-one-out 1-NN accuracy and silhouette of every panel
-With --progress-from CHECKPOINT_DIR it draws one panel per saved epoch instead.
+With --progress-from RUN_DIR (a train.py run folder, runs/<model>/<run>) it draws one panel per
+saved epoch instead.
 
 The 100 benchmark faces (10 LFW people x 10) are copied from LFW on first use
 (python -m utils.evaluation.benchmark_faces). Training excludes these people, so the
@@ -33,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=None,
                         help="architectures for progress.png (default: ang ang2 inception_v4 nn2)")
     parser.add_argument("--no-openface", action="store_true", help="skip openface_nn4sv1.png")
-    parser.add_argument("--progress-from", type=Path, metavar="CHECKPOINT_DIR",
-                        help="draw one panel per epoch_*.weights.h5 in this folder (needs one --models name)")
+    parser.add_argument("--progress-from", type=Path, metavar="RUN_DIR",
+                        help="draw one panel per epoch_*.weights.h5 in this folder: a training run's, "
+                             "runs/<model>/<run> (or its --checkpoint-dir); needs one --models name")
     parser.add_argument("--out", type=Path, default=BENCHMARK_RESULTS_DIR, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init weights and of t-SNE")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and log lines")

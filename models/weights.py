@@ -65,7 +65,8 @@ def _missing_weights_hint(name: str, path: Path) -> str:
     published = published_weights(name)
     if published:
         return published.missing_weights_hint(path)
-    return f"train it with `python train.py --model {name}` or pass --weights PATH"
+    return (f"train it with `python train.py --model {name}` and publish the run with `python train.py --publish "
+            f"runs/{name}/RUN`, or pass --weights PATH")
 
 
 def load_model(name: str, weights: str | Path | None = None, input_size: int | None = None) -> keras.Model:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,15 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def lfw_root(shared_data) -> Path:
     return lfw_dir()
+
+
+@pytest.fixture()
+def ctrl_c_delivered():
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt in this process during the test, and the processes it
+    starts get the default handling, even when the suite runs with SIGINT ignored (nohup, a
+    background job, some CI runners): tests that send Ctrl-C or check its handling rely on it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -182,7 +182,7 @@ def _worker_view() -> tuple[bool, list[int]]:
     return signal.getsignal(signal.SIGINT) == signal.SIG_IGN, list(face_cache.DEFAULT_UPSAMPLE)
 
 
-def test_worker_pool_starts_fresh_processes_that_ignore_ctrl_c(monkeypatch):
+def test_worker_pool_starts_fresh_processes_that_ignore_ctrl_c(monkeypatch, ctrl_c_delivered):
     monkeypatch.setattr(face_cache, "DEFAULT_UPSAMPLE", (7,))  # a forked worker would inherit this
     with face_cache.worker_pool(1, os.getpid) as pool:
         ignores_ctrl_c, upsample = pool.apply(_worker_view)

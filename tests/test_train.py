@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     # The record describes the saved (best) weights beside the run's totals.
     assert training["weights_step"] == best_epoch["step"] and training["weights_images_seen"] == best_epoch["step"] * 18
     assert training["weights_wall_hours"] == pytest.approx(best_epoch["wall_hours"], abs=1e-4)
-    assert training["weights_file"] == config.weights_out
+    assert training["weights_file"] == "tiny.weights.h5"  # no folders of this machine (utils.paths.portable_path)
     assert training["mining"] == "semi-hard" and training["margin"] == 0.2 and training["lr"] == 3e-3
     assert training["augmentation"] == "mild"
     assert training["best_validation"]["val_auc"] == best_epoch["val_auc"]
@@ -304,8 +305,8 @@ def start_child(spec: dict, env: dict | None = None) -> Child:
     return Child([sys.executable, "-c", "from tests.test_train import child; child()", json.dumps(spec)], env)
 
 
-def weights_of(path: str) -> list[np.ndarray]:
-    model = tiny_model()
+def weights_of(path: str, build: Callable[[], keras.Model] = tiny_model) -> list[np.ndarray]:
+    model = build()
     model.load_weights(path)
     return model.get_weights()
 
@@ -433,6 +434,54 @@ def test_checkpoints_never_overwrite_the_one_latest_names(tmp_path):
     # Older checkpoints are gone; the epoch's weights snapshot (visualize.py --progress-from) stays.
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch_001.weights.h5", "latest", "step-3-2"]
     assert checkpoints.restore(model, optimizer, config).wall_seconds == 2.0
+
+
+@pytest.mark.parametrize("damage", ["optimizer.npz", "state.json", "model.weights.h5", "random.npz"])
+def test_a_damaged_checkpoint_file_is_named_with_what_to_do(tmp_path, damage):
+    model, config = tiny_model(), config_for(tmp_path, resume=True)
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(model.trainable_variables)
+    checkpoints = Checkpoints(config.checkpoint_dir)
+    path = checkpoints.save(model, optimizer, TrainState(step=3), config) / damage
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])  # cut short, as a full disk might
+    with pytest.raises(ResumeError, match=f"the checkpoint file {path} is damaged .*Start a new run"):
+        checkpoints.restore(model, optimizer, config)
+
+
+def test_resume_rewrites_the_epoch_snapshot_a_kill_cut_short(tmp_path):
+    model, config = tiny_model(), config_for(tmp_path, steps_per_epoch=3)
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(model.trainable_variables)
+    checkpoints = Checkpoints(config.checkpoint_dir)
+    latest = checkpoints.save(model, optimizer, TrainState(step=3), config)
+    checkpoints.snapshot(1).unlink()  # killed after the checkpoint, before its snapshot was copied
+    checkpoints.restore(model, optimizer, config)
+    assert checkpoints.snapshot(1).read_bytes() == (latest / "model.weights.h5").read_bytes()
+
+
+def dropout_model() -> keras.Model:
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.5)(x)
+    x = keras.layers.Dense(16)(x)
+    return keras.Model(inputs, L2Normalize()(x), name="dropout")
+
+
+def test_resume_is_exact_for_a_model_with_dropout(tmp_path):
+    """4 + 4 steps with a stop and --resume between = 8 steps in one go, Dropout masks included (their
+    random generator's state is checkpointed, not restarted)."""
+    faces = synthetic_faces(12, 4, 0)
+    settings = {"epochs": 2, "steps_per_epoch": 4, "lr_schedule": "constant"}
+    whole = fit(config_for(tmp_path / "whole", **settings), faces, dropout_model, log=lambda m: None)
+    first = fit(config_for(tmp_path / "parts", **{**settings, "epochs": 1}), faces, dropout_model, log=lambda m: None)
+    assert first.state.step == 4
+    parts = fit(config_for(tmp_path / "parts", **settings, resume=True), faces, dropout_model, log=lambda m: None)
+    assert [row["loss"] for row in parts.state.history] == pytest.approx(
+        [row["loss"] for row in whole.state.history], rel=1e-6, abs=1e-7)
+    for got, want in zip(weights_of(config_for(tmp_path / "parts").weights_out, dropout_model),
+                         weights_of(config_for(tmp_path / "whole").weights_out, dropout_model), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 # --- stops -------------------------------------------------------------------------------------
@@ -619,27 +668,39 @@ def test_cli_reports_a_tensorflow_failure_without_a_traceback(tmp_path, monkeypa
     assert "ResourceExhaustedError: OOM when allocating tensor)" in err and str(tmp_path / "c") in err
 
 
-def test_cli_trains_a_registry_model_on_a_folder_tree(tmp_path, shared_data):
-    """python train.py on 6 celeba-subset identities (aligned on the fly): weights and metadata appear."""
+def test_cli_trains_a_registry_model_into_its_own_run_folder(tmp_path, shared_data):
+    """python train.py on 6 celeba-subset identities (aligned on the fly): weights, metadata, logs and
+    checkpoints appear in a run folder of their own, the published weights are not touched."""
+    import hashlib
+
+    from models.weights import weights_path
+
+    def published() -> str:
+        return hashlib.sha256(weights_path("ang").read_bytes()).hexdigest() if weights_path("ang").exists() else ""
+
     tree = tmp_path / "faces"
     people = sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir())[:6]
     for person in people:
         (tree / person.name).mkdir(parents=True)
         for image in sorted(person.glob("*.jpg"))[:3]:
             (tree / person.name / image.name).symlink_to(image)
-    out = tmp_path / "out" / "ang.weights.h5"
-    done = run_cli("--model", "ang", "--data", str(tree), "--epochs", "1", "--steps-per-epoch", "2",
-                   "--batch-identities", "4", "--images-per-identity", "2", "--no-validation",
-                   "--weights-out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"),
-                   "--log-dir", str(tmp_path / "logs"), env={"FACE_CACHE_DIR": str(tmp_path / "cache")})
+    before = published()
+    env = {"FACE_CACHE_DIR": str(tmp_path / "cache"), "FACE_RUNS_DIR": str(tmp_path / "runs")}
+    settings = ("--model", "ang", "--data", str(tree), "--epochs", "1", "--steps-per-epoch", "2",
+                "--batch-identities", "4", "--images-per-identity", "2", "--no-validation")
+    done = run_cli(*settings, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "finished 2 steps" in done.stdout
+    assert "finished 2 steps" in done.stdout and "python train.py --publish" in done.stdout
+    assert published() == before
+    (run,) = (tmp_path / "runs" / "ang").iterdir()
+    assert {"ang.weights.h5", "ang.json", "metrics.csv", "training_curves.png", "tensorboard", "latest", "step-2",
+            "epoch_001.weights.h5", "train.lock"} == {p.name for p in run.iterdir()}
     from models.weights import load_model
 
-    assert load_model("ang", out).output_shape == (None, 128)
-    metadata = json.loads(out.with_name("ang.json").read_text())
+    assert load_model("ang", run / "ang.weights.h5").output_shape == (None, 128)
+    metadata = json.loads((run / "ang.json").read_text())
     assert metadata["architecture"] == "ang" and metadata["input_size"] == 96
-    assert metadata["training"]["data"] == [str(tree.resolve())]
+    assert metadata["training"]["data"] == ["faces"]  # no folders of this machine
     assert metadata["training"]["steps"] == 2 and metadata["training"]["images_seen"] == 16
     assert metadata["training"]["identities"] >= 4
 
@@ -661,7 +722,7 @@ def test_cli_validates_arguments_and_output_folders_before_loading_data(tmp_path
     assert code == 2 and "error:" in err and str(tmp_path / "file") in err  # not "training data not found"
 
 
-def test_cli_ctrl_c_while_loading_data_exits_130_without_a_traceback(tmp_path, shared_data):
+def test_cli_ctrl_c_while_loading_data_exits_130_without_a_traceback(tmp_path, shared_data, ctrl_c_delivered):
     tree = tmp_path / "faces"
     for person in sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir())[:4]:
         (tree / person.name).mkdir(parents=True)

@@ -6,6 +6,7 @@ over the target with ``os.replace`` (atomic on POSIX and Windows within one file
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,10 @@ def fsync(path: str | Path) -> None:
         os.close(fd)
 
 
+TOKEN_BYTES = 4
+TEMPORARY_NAME = re.compile(rf"\.[0-9a-f]{{{2 * TOKEN_BYTES}}}\.tmp\.(.+)")  # .1a2b3c4d.tmp.<target name>
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; on success it replaces ``path``.
@@ -31,7 +36,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{secrets.token_hex(4)}.tmp.{path.name}")
+    tmp = path.with_name(f".{secrets.token_hex(TOKEN_BYTES)}.tmp.{path.name}")
     try:
         yield tmp
         fsync(tmp)
@@ -46,3 +51,13 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> N
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding=encoding)
+
+
+def stale_temporaries(folder: str | Path, name: str | None = None) -> list[Path]:
+    """The temporary files ``atomic_path`` left in a folder when its process was killed (of the
+    target ``name`` only, when given). Only the writer's owner can tell they are stale."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if (match := TEMPORARY_NAME.fullmatch(p.name)) and name in (None, match.group(1)))

@@ -45,3 +45,22 @@ def model_cache_dir() -> Path:
     """Downloaded model files kept across clones: $FACE_MODEL_CACHE, else ~/.cache/facetk."""
     env = os.environ.get("FACE_MODEL_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "facetk"
+
+
+def runs_dir() -> Path:
+    """Training runs, one folder each under <root>/<model>/: $FACE_RUNS_DIR, else <repo>/runs."""
+    env = os.environ.get("FACE_RUNS_DIR")
+    return Path(env).expanduser() if env else REPO_ROOT / "runs"
+
+
+def portable_path(path: str | Path) -> str:
+    """A path as files meant to be shared (weights metadata, benchmark results) record it, free of
+    this machine's folders: ``data:lfw`` under the data root (``data_dir()``), ``cache:...`` under
+    the cache folder, a repository-relative path (``weights/ang.weights.h5``) inside the repository,
+    else the bare file or folder name."""
+    resolved = Path(path).expanduser().resolve()
+    for prefix, root in (("data:", data_dir()), ("cache:", cache_dir()), ("", REPO_ROOT)):
+        root = root.resolve()
+        if resolved.is_relative_to(root):
+            return prefix + resolved.relative_to(root).as_posix()
+    return resolved.name

@@ -1,17 +1,24 @@
 """Resumable training checkpoints: model weights, optimizer variables and the run's TrainState.
 
 Each checkpoint is a new folder ``<checkpoint_dir>/step-<N>`` holding ``model.weights.h5``,
-``optimizer.npz`` and ``state.json`` (the TrainState and the run's settings). It is written as
+``optimizer.npz``, ``random.npz`` (the states of the model's random generators, e.g. its Dropout
+layers' seeds, which ``save_weights`` leaves out) and ``state.json`` (the TrainState and the
+run's settings). Everything else random in training is a pure function of (seed, step)
+(utils.training.batching), so a resumed run draws what the uninterrupted one would. It is written as
 ``step-<N>.tmp``, flushed to disk and renamed; then the one-line file ``latest`` is replaced
 atomically to name it, and only then are older folders deleted. A kill at any moment leaves
 ``latest`` naming a complete checkpoint. One weights file per epoch,
-``epoch_<E>.weights.h5``, stays beside them (for visualize.py --progress-from).
+``epoch_<E>.weights.h5``, stays beside them (for visualize.py --progress-from); ``restore``
+rewrites the latest one if a kill cut its copy short.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,13 +102,14 @@ class Checkpoints:
         tmp.mkdir()
         model.save_weights(tmp / "model.weights.h5")
         np.savez(tmp / "optimizer.npz", **{f"{i:04d}": v.numpy() for i, v in enumerate(optimizer.variables)})
+        np.savez(tmp / "random.npz", **{f"{i:04d}": v.numpy() for i, v in enumerate(random_states(model))})
         (tmp / "state.json").write_text(json.dumps({"config": asdict(config), "state": asdict(state)}, indent=1))
         for f in (*tmp.iterdir(), tmp):
             fsync(f)
         final = self.folder / name
         os.replace(tmp, final)
         write_text_atomic(self.folder / "latest", name + "\n")
-        copy_file_atomic(final / "model.weights.h5", self.snapshot(-(-state.step // config.steps_per_epoch)))
+        copy_file_atomic(final / "model.weights.h5", self.snapshot_of(state.step, config))
         for old in self.folder.glob("step-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -110,6 +118,10 @@ class Checkpoints:
     def snapshot(self, epoch: int) -> Path:
         """The weights file of an epoch (1-based), written by ``save`` for the step that ends it."""
         return self.folder / f"epoch_{epoch:03d}.weights.h5"
+
+    def snapshot_of(self, step: int, config: TrainConfig) -> Path:
+        """The epoch snapshot a checkpoint at ``step`` writes: that of the epoch the step is in."""
+        return self.snapshot(-(-step // config.steps_per_epoch))
 
     def weights_of(self, row: dict[str, float], state: TrainState, config: TrainConfig) -> Path | None:
         """The file holding the weights of a history row: the latest checkpoint's for the run's
@@ -123,25 +135,58 @@ class Checkpoints:
 
     def restore(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
                 config: TrainConfig) -> TrainState:
-        """Load the latest checkpoint into model and optimizer; ResumeError if the settings differ."""
+        """Load the latest checkpoint into model and optimizer; ResumeError if the settings differ or a
+        file of it is damaged (naming the file). Rewrites the checkpoint's epoch snapshot if missing."""
         path = self.latest()
         if path is None:
             raise ResumeError(f"--resume: no checkpoint in {self.folder}")
-        saved = json.loads((path / "state.json").read_text())
-        old = saved["config"]
+        with damaged_file_is_a_resume_error(path / "state.json"):
+            saved = json.loads((path / "state.json").read_text())
+            old = saved["config"]
+            state = TrainState(**saved["state"])
         if isinstance(old.get("augmentation"), bool):  # checkpoints from before --augmentation
             old["augmentation"] = "mild" if old["augmentation"] else "none"
         changed = [f"{k}: {old.get(k)!r} -> {getattr(config, k)!r}" for k in RESUME_KEYS
                    if old.get(k) != getattr(config, k)]
         if changed:
             raise ResumeError(f"--resume: the checkpoint in {path} was trained with other settings "
-                              f"({'; '.join(changed)}); resume with the same settings or start a new "
-                              "--checkpoint-dir")
-        model.load_weights(path / "model.weights.h5")
-        with np.load(path / "optimizer.npz") as values:
-            if len(values.files) != len(optimizer.variables):
-                raise ResumeError(f"--resume: {path} holds {len(values.files)} optimizer variables, "
-                                  f"the optimizer has {len(optimizer.variables)}")
-            for i, variable in enumerate(optimizer.variables):
-                variable.assign(values[f"{i:04d}"])
-        return TrainState(**saved["state"])
+                              f"({'; '.join(changed)}); resume with the same settings or start a new run")
+        with damaged_file_is_a_resume_error(path / "model.weights.h5"):
+            model.load_weights(path / "model.weights.h5")
+        load_variables(path / "optimizer.npz", optimizer.variables, "optimizer variables")
+        if (path / "random.npz").is_file():  # older checkpoints have none: they resume with fresh Dropout seeds
+            load_variables(path / "random.npz", random_states(model), "random generator states")
+        snapshot = self.snapshot_of(state.step, config)
+        if not snapshot.is_file():  # a kill cut its copy short
+            copy_file_atomic(path / "model.weights.h5", snapshot)
+        return state
+
+
+def random_states(model: keras.Model) -> list:
+    """The model's variables that ``save_weights`` leaves out: its random generators' states
+    (keras.random.SeedGenerator, e.g. in Dropout layers), which advance at every training step."""
+    saved = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in saved]
+
+
+@contextmanager
+def damaged_file_is_a_resume_error(path: Path) -> Iterator[None]:
+    """Turn the errors of reading a damaged or truncated checkpoint file into a ResumeError naming it."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, ResumeError):
+            raise
+        raise ResumeError(
+            f"--resume: the checkpoint file {path} is damaged ({type(err).__name__}: {err}), so the run cannot "
+            f"continue from it. Start a new run (without --resume); the weights of each finished epoch are "
+            f"in {path.parent.parent}/epoch_*.weights.h5") from None
+
+
+def load_variables(path: Path, variables: list, what: str) -> None:
+    """Assign the arrays of an .npz written by ``Checkpoints.save`` to variables, in order."""
+    with damaged_file_is_a_resume_error(path), np.load(path) as values:
+        if len(values.files) != len(variables):
+            raise ResumeError(f"--resume: {path} holds {len(values.files)} {what}, this run has {len(variables)}")
+        for i, variable in enumerate(variables):
+            variable.assign(values[f"{i:04d}"])

@@ -42,6 +42,7 @@ from utils.training.data import Evaluator, lfw_view1_evaluator, load_training_da
 from utils.training.log import TrainingLog
 from utils.training.losses import get_loss, pairwise_squared_distances
 from utils.training.metadata import metadata_writer, training_record
+from utils.training.runs import RunLock, remove_stale_temporaries
 from utils.training.stops import CollapseDetector, StopSignals, make_stop_vote
 
 FINAL_LR_FRACTION = 0.01
@@ -173,7 +174,7 @@ def start_or_resume(config: TrainConfig, checkpoints: Checkpoints, model: keras.
     if not config.resume:
         if checkpoints.latest() is not None:
             raise ResumeError(f"{config.checkpoint_dir} already holds a checkpoint; pass --resume to continue "
-                              "it, or choose another --checkpoint-dir")
+                              "it, or start another run")
         return TrainState(pool=pool, pool_fingerprint=faces.fingerprint())
     state = checkpoints.restore(model, optimizer, config)
     if state.pool_fingerprint:
@@ -341,10 +342,21 @@ def create_output_folders(config: TrainConfig) -> None:
 
 def run(config: TrainConfig, validation: bool = True, build_model: Callable[[], keras.Model] | None = None,
         log: Callable[[str], None] = print) -> int:
-    """Load the data, train, report; returns the process exit code (see EXIT_CODES)."""
+    """Lock the run folder (the checkpoint folder; on the chief worker), load the data, train, report;
+    returns the process exit code (see EXIT_CODES). RunInUseError when another process trains there."""
     strategy = make_strategy(config.strategy)  # first: a multi-worker strategy must precede other TF work
-    if is_chief(strategy):
-        create_output_folders(config)
+    if not is_chief(strategy):
+        return train_and_report(config, validation, build_model, log, strategy)
+    create_output_folders(config)
+    with RunLock(config.checkpoint_dir):
+        for path in remove_stale_temporaries(config.checkpoint_dir, config.log_dir, config.weights_out):
+            log(f"removed {path}, left half-written by a killed run")
+        return train_and_report(config, validation, build_model, log, strategy)
+
+
+def train_and_report(config: TrainConfig, validation: bool, build_model: Callable[[], keras.Model] | None,
+                     log: Callable[[str], None], strategy: tf.distribute.Strategy) -> int:
+    """``run`` after the run folder is locked."""
     faces, loaded = load_training_data(config.data, config.image_size, config.exclude_people,
                                        config.min_images, log)
     evaluate = lfw_view1_evaluator(loaded, config.image_size) if validation else None

@@ -4,7 +4,8 @@ The record describes the saved (best) weights (``weights_step``, ``weights_image
 ``weights_wall_hours`` and ``best_validation``) beside the run's totals so far (``steps``,
 ``images_seen``, ``wall_hours``, ``final_validation``). Each write replaces the whole file, so
 figures measured on earlier weights (evaluate.py's ``lfw_view2``, from which recognize.py takes
-its default threshold) never stay beside new weights.
+its default threshold) never stay beside new weights. Paths are recorded without this machine's
+folders (utils.paths.portable_path: ``data:lfw``, ``benchmark_faces/manifest.txt``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from utils.atomic import write_text_atomic
+from utils.paths import portable_path
 from utils.training.checkpoints import SELECTED_BY
 
 if TYPE_CHECKING:
@@ -49,15 +51,15 @@ def training_record(config: TrainConfig, state: TrainState, faces: TrainingFaces
     return {
         "architecture": config.model, "input_size": config.image_size, "embedding_size": embedding_size,
         "training": {
-            "weights_file": str(config.weights_out), "weights_step": best.get("step"),
+            "weights_file": portable_path(config.weights_out), "weights_step": best.get("step"),
             "weights_images_seen": best.get("images_seen"),
             "weights_wall_hours": round(best["wall_hours"], 4) if best else None, "best_validation": state.best,
             "weights_selected_by": SELECTED_BY if SELECTED_BY in best else "latest",
             "steps": state.step, "epochs": round(state.step / config.steps_per_epoch, 3),
             "images_seen": state.step * config.batch_size, "wall_hours": round(state.wall_seconds / 3600, 4),
             "final_validation": state.history[-1] if state.history else None,
-            "hardware": hardware_description(), "data": config.data,
-            "excluded_people_files": config.exclude_people,
+            "hardware": hardware_description(), "data": [portable_path(d) for d in config.data],
+            "excluded_people_files": [portable_path(f) for f in config.exclude_people],
             "identities": faces.num_identities, "images": len(faces),
             "mining": config.mining, "margin": config.margin, "soft_margin": config.soft_margin,
             "lr": config.lr, "lr_schedule": config.lr_schedule, "optimizer": "adam",
