@@ -36,6 +36,7 @@ STATE_FILE = ".facescrub_state.json"
 INCOMING_DIR = ".incoming"  # hidden, so folder readers ignore unfinished downloads
 JPEG_QUALITY = 95
 SAVE_STATE_EVERY = 200
+MAX_IMAGE_BYTES = 50 << 20  # a photo larger than 50 MiB is not a FaceScrub image
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _fetch_face(entry: FaceScrubEntry, out_dir: Path, margin: float, timeout: fl
     raw = out_dir / INCOMING_DIR / f"{entry.folder}_{entry.face_id}"
     try:
         download_file(entry.url, raw, sha256=entry.sha256 if verify else None, timeout=timeout,
-                      progress=False, retries=retries)
+                      progress=False, retries=retries, max_bytes=MAX_IMAGE_BYTES)
         rgb = decode_image(raw.read_bytes(), entry.url)
         _write_jpeg(crop_box(rgb, entry.bbox, margin), out_dir / entry.relpath)
     except DownloadError as err:

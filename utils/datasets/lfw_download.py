@@ -37,15 +37,17 @@ OFFICIAL_BASE_URL = "http://vis-www.cs.umass.edu/lfw/"
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file of the LFW site: its name there, its SHA-256, and mirror URLs tried after the official one."""
+    """A file of the LFW site: its name there, its SHA-256, mirror URLs tried after the official one,
+    and the size above which a download is stopped."""
 
     name: str
     sha256: str
     mirrors: tuple[str, ...] = ()
+    max_bytes: int = 16 << 20  # the protocol files are under 1 MB
 
 
 LFW_ARCHIVE = RemoteFile("lfw.tgz", "055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0",
-                         ("https://ndownloader.figshare.com/files/5976018",))
+                         ("https://ndownloader.figshare.com/files/5976018",), max_bytes=512 << 20)  # 173 MB
 PROTOCOL_FILES = (
     RemoteFile("pairs.txt", "ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592",
                ("https://ndownloader.figshare.com/files/5976006",)),
@@ -66,7 +68,7 @@ def fetch(spec: RemoteFile, dest_dir: Path, base_url: str | None = None, progres
     errors: list[DownloadError] = []
     for url in urls:
         try:
-            return download_file(url, dest, sha256=spec.sha256, progress=progress)
+            return download_file(url, dest, sha256=spec.sha256, progress=progress, max_bytes=spec.max_bytes)
         except DownloadError as err:
             errors.append(err)
     if len(errors) == 1:
