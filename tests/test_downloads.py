@@ -302,6 +302,21 @@ def test_facescrub_cli(http_server, facescrub_list, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["Aaron_Eckhart", "Anne_Hathaway"]
 
 
+def test_facescrub_refuses_a_folder_it_did_not_write(http_server, facescrub_list, tmp_path, capsys):
+    list_path, _ = facescrub_list
+    out = tmp_path / "faces"
+    (out / "Aaron_Eckhart").mkdir(parents=True)
+    (out / "Aaron_Eckhart" / "101.jpg").write_bytes(b"the user's own picture")
+    (out / "notes.txt").write_text("mine")
+    assert facescrub.main([str(list_path), str(out), "--no-progress"]) == 1
+    assert "not empty" in capsys.readouterr().err and not http_server.requests
+    assert facescrub.main([str(list_path), str(out), "--no-progress", "--force"]) == 0
+    assert "2 downloaded" in capsys.readouterr().out  # 101 is not fetched: its place is taken
+    assert (out / "Aaron_Eckhart" / "101.jpg").read_bytes() == b"the user's own picture"
+    assert (out / "notes.txt").read_text() == "mine" and (out / "Anne_Hathaway" / "201.jpg").is_file()
+    assert facescrub.main([str(list_path), str(out), "--no-progress"]) == 0  # its own folder now
+
+
 def test_facescrub_never_copies_local_files(tmp_path, capsys):
     secret = tmp_path / "private.jpg"
     secret.write_bytes(jpeg_bytes(gradient_image(60, 60, 3)))
@@ -403,6 +418,30 @@ def test_lfw_download_dead_link(fake_lfw, http_server, tmp_path, capsys):
                                 protocol_files=fake_lfw["protocol"], progress=False)
     assert lfw_download.main(["--dest", str(tmp_path / "cli"), "--base-url", fake_lfw["base_url"]]) == 1
     assert "404" in capsys.readouterr().err
+
+
+def test_lfw_download_keeps_the_users_own_archive(fake_lfw, http_server, tmp_path):
+    served = http_server.root / "lfw" / "lfw.tgz"
+    (tmp_path / "lfw.tgz").write_bytes(served.read_bytes())  # the user's verified copy
+    lfw_download.ensure_lfw(tmp_path / "lfw", base_url=fake_lfw["base_url"], archive=fake_lfw["archive"],
+                            protocol_files=fake_lfw["protocol"], progress=False)
+    assert (tmp_path / "lfw.tgz").read_bytes() == served.read_bytes()
+    assert not http_server.requests_for("lfw/lfw.tgz") and (tmp_path / "lfw" / "Ann_Smith").is_dir()
+
+
+def test_lfw_download_never_replaces_a_foreign_file(fake_lfw, http_server, tmp_path):
+    (tmp_path / "lfw.tgz").write_bytes(b"someone else's lfw.tgz")
+    with pytest.raises(DatasetError, match="in the way"):
+        lfw_download.ensure_lfw(tmp_path / "lfw", base_url=fake_lfw["base_url"], archive=fake_lfw["archive"],
+                                protocol_files=fake_lfw["protocol"], progress=False)
+    assert (tmp_path / "lfw.tgz").read_bytes() == b"someone else's lfw.tgz"
+    (tmp_path / "lfw.tgz").unlink()
+    (tmp_path / ".lfw.extracting").mkdir()
+    (tmp_path / ".lfw.extracting" / "work.txt").write_text("not the tool's")
+    with pytest.raises(DatasetError, match="not made by this tool"):
+        lfw_download.ensure_lfw(tmp_path / "lfw", base_url=fake_lfw["base_url"], archive=fake_lfw["archive"],
+                                protocol_files=fake_lfw["protocol"], progress=False)
+    assert (tmp_path / ".lfw.extracting" / "work.txt").read_text() == "not the tool's"
 
 
 def test_lfw_download_stops_at_the_size_limit(fake_lfw, tmp_path):

@@ -29,10 +29,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.datasets.folders import DatasetError
-from utils.download import DownloadError, download_file
+from utils.download import DownloadError, download_file, file_digests
 from utils.paths import data_dir, lfw_dir, lfw_protocol_dir
 
 OFFICIAL_BASE_URL = "http://vis-www.cs.umass.edu/lfw/"
+STAGING_MARK = ".written-by-lfw_download"  # inside the extraction folder: only a marked one is ever removed
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ def fetch(spec: RemoteFile, dest_dir: Path, base_url: str | None = None, progres
     """Download ``spec`` into ``dest_dir``: from ``base_url`` only if given, else official site then mirrors."""
     urls = [base_url.rstrip("/") + "/" + spec.name] if base_url else [OFFICIAL_BASE_URL + spec.name, *spec.mirrors]
     dest = dest_dir / spec.name
+    if (dest.exists() or dest.is_symlink()) and (
+            not dest.is_file() or file_digests(dest, ["sha256"])["sha256"] != spec.sha256):
+        raise DatasetError(f"{dest} is in the way: it is not the published {spec.name} (another SHA-256), "
+                           f"and it is not replaced; move it away and run again")
     errors: list[DownloadError] = []
     for url in urls:
         try:
@@ -83,10 +88,16 @@ def extract_archive(archive: Path, root: Path, progress: bool = True) -> Path:
     Members are extracted with tarfile's ``data`` filter (no absolute paths, no ``..``,
     no links leaving the folder) into a temporary folder beside ``root``, which is
     renamed to ``root`` only when everything is out: ``root`` never holds half an archive.
+    A leftover temporary folder of an interrupted run (it holds STAGING_MARK) is removed
+    first; a folder of that name without the mark is not ours and stops the extraction.
     """
     staging = root.parent / f".{root.name}.extracting"
-    shutil.rmtree(staging, ignore_errors=True)
+    if staging.exists() or staging.is_symlink():
+        if not (staging.is_dir() and not staging.is_symlink() and (staging / STAGING_MARK).is_file()):
+            raise DatasetError(f"{staging} is in the way and was not made by this tool; move it away and run again")
+        shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    (staging / STAGING_MARK).touch()
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tqdm(tar, unit=" files", desc=f"extracting {archive.name}", disable=not progress):
@@ -134,9 +145,10 @@ def ensure_lfw(
         if root.is_dir() and any(root.iterdir()):
             raise DatasetError(f"{root} holds files but no identity folders; move them away before downloading LFW")
         root.parent.mkdir(parents=True, exist_ok=True)
+        had_archive = (root.parent / archive.name).is_file()  # the user's own (verified) copy: kept
         archive_path = fetch(archive, root.parent, base_url, progress)
         extract_archive(archive_path, root, progress)
-        if not keep_archive:
+        if not keep_archive and not had_archive:
             archive_path.unlink()
     for spec in protocol_files:
         if not (protocol_dir / spec.name).is_file():
