@@ -168,17 +168,62 @@ def _stat_key(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+class DamagedCacheError(ValueError):
+    """A cache folder whose files are unreadable or disagree with each other; the message says how."""
+
+
+def _check_index(index: Any) -> str | None:
+    """What is wrong with a parsed index.json, or None."""
+    if not isinstance(index, dict):
+        return "index.json is not a JSON object"
+    if index.get("version") != FORMAT_VERSION:
+        return f"index.json has format {index.get('version')!r}, not {FORMAT_VERSION}"
+    missing = [key for key in ("settings", "paths", "stats") if key not in index]
+    if missing:
+        return f"index.json lacks {', '.join(missing)}"
+    paths, stats = index["paths"], index["stats"]
+    if not isinstance(index["settings"], dict) or not isinstance(paths, list) or not isinstance(stats, list):
+        return "index.json's settings, paths or stats have the wrong type"
+    if not all(isinstance(p, str) for p in paths) or len(stats) != len(paths):
+        return f"index.json lists {len(paths)} paths but {len(stats)} stats"
+    unreadable = index.get("unreadable", [])
+    if not isinstance(unreadable, list) or not all(isinstance(p, str) for p in unreadable) \
+            or not isinstance(index.get("unreadable_stats", {}), dict):
+        return "index.json's unreadable lists have the wrong type"
+    return None
+
+
+def _check_arrays(index: dict, faces: np.ndarray, detected: np.ndarray, boxes: np.ndarray,
+                  landmarks: np.ndarray) -> str | None:
+    """What disagrees between the arrays and index.json, or None."""
+    n, size = len(index["paths"]), index["settings"].get("output_size")
+    expected = {"faces.npy": (faces, (n, size, size, 3)), "detected": (detected, (n,)),
+                "boxes": (boxes, (n, 4)), "landmarks": (landmarks, (n, 68, 2))}
+    for name, (array, shape) in expected.items():
+        if array.shape != shape:
+            return f"{name} has shape {array.shape}, index.json expects {shape}"
+    if faces.dtype != np.uint8:
+        return f"faces.npy holds {faces.dtype}, not uint8"
+    return None
+
+
 def _load(folder: Path, root: Path) -> tuple[dict, AlignedFaces] | None:
+    """The cache in folder, None when there is none; DamagedCacheError when it cannot be used."""
+    if not (folder / "index.json").exists():
+        return None
     try:
         index = json.loads((folder / "index.json").read_text())
-        with np.load(folder / "arrays.npz") as arrays:
-            detected, boxes, landmarks = arrays["detected"], arrays["boxes"], arrays["landmarks"]
-        faces = np.load(folder / "faces.npy")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-    if index.get("version") != FORMAT_VERSION or len(faces) != len(index["paths"]):
-        return None
-    return index, AlignedFaces(root, faces, index["paths"], detected, boxes, landmarks,
+        problem = _check_index(index)
+        if problem is None:
+            with np.load(folder / "arrays.npz") as arrays:
+                detected, boxes, landmarks = arrays["detected"], arrays["boxes"], arrays["landmarks"]
+            faces = np.load(folder / "faces.npy")
+            problem = _check_arrays(index, faces, detected, boxes, landmarks)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        problem = f"{type(err).__name__}: {err}"
+    if problem:
+        raise DamagedCacheError(f"the aligned cache in {folder} is damaged ({problem})")
+    return index, AlignedFaces(root, faces, index["paths"], detected.astype(bool), boxes, landmarks,
                                index.get("unreadable", []))
 
 
@@ -260,7 +305,11 @@ def _update(root: Path, folder: Path, settings: dict, files: list[str], workers:
     """load_or_build under the cache's lock."""
     _recover(folder)
     stats = {f: _stat_key(root / f) for f in files}
-    previous = _load(folder, root)
+    try:
+        previous = _load(folder, root)
+    except DamagedCacheError as err:
+        print(f"{err}; building it again", file=sys.stderr)
+        previous = None
     kept: dict[str, int] = {}
     if previous and previous[0]["settings"] == settings:
         old_index, old = previous
@@ -302,10 +351,13 @@ def _update(root: Path, folder: Path, settings: dict, files: list[str], workers:
 
 
 def load_cache(folder: str | Path) -> AlignedFaces:
-    """A cache folder written by load_or_build, read without its dataset (root = the folder)."""
+    """A cache folder written by load_or_build, read without its dataset (root = the folder).
+
+    ValueError (DamagedCacheError when the files disagree) names the folder and the problem.
+    """
     loaded = _load(Path(folder), Path(folder))
     if loaded is None:
-        raise ValueError(f"not a readable aligned-face cache (format {FORMAT_VERSION}): {folder}")
+        raise ValueError(f"not an aligned-face cache (no index.json): {folder}")
     return loaded[1]
 
 
