@@ -114,6 +114,20 @@ def test_an_incomplete_or_inconsistent_cache_is_rebuilt_with_a_message(dataset, 
         assert rebuilt.paths == first.paths and np.array_equal(rebuilt.faces, first.faces)
 
 
+def test_broken_links_and_folders_named_like_images_are_listed_as_unreadable(dataset, tmp_path, capsys):
+    (dataset / "Aaron_Eckhart" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (dataset / "Abel_Pacheco" / "album.jpg").mkdir()
+    out = tmp_path / "cache"
+    assert main([str(dataset), "--out", str(out), "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "gone.jpg: a broken symbolic link" in captured.err and "album.jpg: a folder" in captured.err
+    assert "3 unreadable" in captured.out
+    for rel in ("Aaron_Eckhart/corrupt.jpg", "Aaron_Eckhart/gone.jpg", "Abel_Pacheco/album.jpg"):
+        assert f"unreadable: {rel}" in captured.out
+    again = load_or_build(dataset, out=out, workers=1, progress=False)  # unchanged: not read again, still listed
+    assert again.unreadable == ["Aaron_Eckhart/corrupt.jpg", "Aaron_Eckhart/gone.jpg", "Abel_Pacheco/album.jpg"]
+
+
 def test_parallel_build_equals_serial(dataset, tmp_path):
     serial = load_or_build(dataset, out=tmp_path / "one", workers=1, progress=False)
     parallel = load_or_build(dataset, out=tmp_path / "two", workers=2, progress=False)

@@ -330,6 +330,12 @@ def test_image_folder_skips_unreadable_images(tmp_path, shared_data):
     frames = list(open_source(str(tmp_path), log=log.append))
     assert [(f.index, f.name) for f in frames] == [(0, "0.jpg"), (1, "1.jpg")]
     assert len(log) == 1 and "1b.jpg" in log[0]
+    (tmp_path / "2gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (tmp_path / "3folder.jpg").mkdir()
+    log.clear()
+    assert len(list(open_source(str(tmp_path), log=log.append))) == 2
+    assert [m.split(": ", 1)[0].rsplit("/", 1)[1] for m in log] == ["1b.jpg", "2gone.jpg", "3folder.jpg"]
+    assert "broken symbolic link" in log[1] and "a folder" in log[2]
     with pytest.raises(SourceError, match="cannot read image"):
         list(open_source(str(tmp_path / "1b.jpg")))
     (tmp_path / "empty").mkdir()

@@ -84,9 +84,11 @@ def list_images(root: Path) -> list[str]:
 
     The tree is read by ``utils.datasets.folders.list_identity_images``: loose files in the
     root, nested sub-folders and hidden files are not images of an identity and are left out.
+    Broken symbolic links and folders named like images are listed, to be reported as unreadable.
     Raises `DatasetError` when no identity folder holds an image.
     """
-    return sorted(f"{image.identity}/{image.path.name}" for image in list_identity_images(root))
+    images = list_identity_images(root, keep_unreadable=True)
+    return sorted(f"{image.identity}/{image.path.name}" for image in images)
 
 
 def alignment_settings(output_size: int = 96, landmarks: str = "outer_eyes_and_nose",
@@ -164,7 +166,10 @@ def _align_many(files: Sequence[str], settings: dict, workers: int, desc: str,
 # --- cache files ---------------------------------------------------------------------------
 
 def _stat_key(path: Path) -> list[int]:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except FileNotFoundError:  # a broken symbolic link: its own size and time
+        st = path.lstat()
     return [st.st_size, st.st_mtime_ns]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".
 
 
 class ImageReadError(ValueError):
-    """An image could not be read; ``path`` names the file."""
+    """An image could not be read; ``path`` names the file, ``reason`` says why."""
 
     def __init__(self, path: str | Path, reason: str):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
+        self.reason = reason
 
 
 class EmptyImageError(ImageReadError):
@@ -83,11 +85,27 @@ def decode_image(data: bytes, name: str | Path = "<bytes>") -> np.ndarray:
     return _decode(io.BytesIO(data), name)
 
 
+def check_image_file(path: str | Path) -> Path:
+    """The path, if it is a regular file (or a link to one); ImageReadError saying what it is otherwise:
+    a broken symbolic link, a folder named like an image, a missing file."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_symlink() and not path.exists():
+        raise ImageReadError(path, f"a broken symbolic link (to {os.readlink(path)}), not an image file")
+    if path.is_dir():
+        raise ImageReadError(path, "a folder, not a file")
+    raise ImageReadError(path, "no such file" if not path.exists() else "not a file")
+
+
+def is_image_name(path: Path) -> bool:
+    """Named like an image (IMAGE_EXTENSIONS, case-blind) and not hidden: listed as one, readable or not."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as an (H, W, 3) uint8 RGB array, EXIF orientation applied."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file" if not path.exists() else "not a file")
+    path = check_image_file(path)
     if path.stat().st_size == 0:
         raise EmptyImageError(path, "the file is empty")
     return _decode(path, path)

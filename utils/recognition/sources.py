@@ -6,7 +6,8 @@
 - ``0``, ``1``, ...: a camera index;
 - ``rtsp://``, ``http(s)://``, ... : a network stream, reconnected when it drops;
 - a video file (anything OpenCV's FFmpeg backend decodes);
-- an image file, or a folder of images (sorted by name; unreadable ones reported and skipped).
+- an image file, or a folder of images (sorted by name; unreadable ones, broken symbolic links
+  and folders named like images reported and skipped).
 
 Problems come out as :class:`SourceError` with a message meant for the user. Sinks:
 ``FrameSink`` writes a video file (by extension) or a folder of JPEGs (never over the source
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from utils.faces.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
+from utils.faces.image_io import IMAGE_EXTENSIONS, ImageReadError, is_image_name, read_image
 
 VIDEO_EXTENSIONS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -256,8 +257,7 @@ def open_source(spec: str, log: Log = _stderr, retries: int = 5) -> FrameSource:
         return StreamSource(spec, retries=retries, log=log)
     path = Path(spec).expanduser()
     if path.is_dir():
-        images = sorted(p for p in path.iterdir()
-                        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
+        images = sorted(p for p in path.iterdir() if is_image_name(p))  # broken links etc. are reported when read
         if not images:
             raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
         return ImageFilesSource(images, f"{len(images)} images in {path}", log=log, location=path)
