@@ -187,10 +187,11 @@ def load_recognizer(args: argparse.Namespace, detect_every: int):
 
 
 def frame_record(frame: Frame, faces) -> dict:
-    """The --json line of one frame."""
+    """The --json line of one frame (boxes in the pixels of the source, also for a photo read shrunk)."""
     return {"frame": frame.index, "image": frame.name,
-            "faces": [{"box": list(f.box), "name": f.match.name or "unknown", "known": f.match.known,
-                       "distance": round(f.match.distance, 4), "nearest": f.match.nearest, "tracked": f.tracked}
+            "faces": [{"box": [round(v / frame.scale) for v in f.box], "name": f.match.name or "unknown",
+                       "known": f.match.known, "distance": round(f.match.distance, 4), "nearest": f.match.nearest,
+                       "tracked": f.tracked}
                       for f in faces]}
 
 

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -341,6 +342,15 @@ def test_image_folder_skips_unreadable_images(tmp_path, shared_data):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no images"):
         open_source(str(tmp_path / "empty"))
+
+
+def test_huge_photos_are_read_shrunk_and_boxes_reported_in_the_files_pixels(tmp_path):
+    cv2.imwrite(str(tmp_path / "wide.jpg"), np.zeros((1000, 8192, 3), np.uint8))
+    (frame,) = list(open_source(str(tmp_path)))
+    assert frame.rgb.shape == (500, 4096, 3) and frame.scale == 0.5
+    face = SimpleNamespace(box=(100, 50, 300, 250), tracked=False,
+                           match=SimpleNamespace(name="Ada", known=True, distance=0.3, nearest="Ada"))
+    assert recognize.frame_record(frame, [face])["faces"][0]["box"] == [200, 100, 600, 500]
 
 
 def test_frame_sink_checks_its_target(tmp_path):

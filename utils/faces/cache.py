@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from utils.datasets.folders import DatasetError, list_identity_images
 from utils.faces.align import FaceAligner, centre_crop
-from utils.faces.image_io import ImageReadError, read_image
+from utils.faces.image_io import ALIGN_MAX_SIDE, ImageReadError, read_image_scaled
 from utils.paths import cache_dir
 
 DEFAULT_UPSAMPLE = (0, 1)  # upsample 0 finds LFW-sized faces 4x faster; 1 catches the rest
@@ -133,12 +133,16 @@ def _init_worker(settings: dict[str, Any]) -> None:
 
 
 def _align_one(path: str) -> tuple[str, np.ndarray | None, bool, np.ndarray, np.ndarray, str | None]:
-    """Align one file: (path, face, detected, box, landmarks, error message)."""
+    """Align one file: (path, face, detected, box, landmarks, error message).
+
+    A photo larger than ALIGN_MAX_SIDE is shrunk to it while decoding (bounded memory); its box
+    and landmarks are stored in the file's own pixel coordinates all the same.
+    """
     aligner = _worker_aligner
     box = np.full(4, np.nan, np.float32)
     points = np.full((68, 2), np.nan, np.float32)
     try:
-        rgb = read_image(path)
+        rgb, scale = read_image_scaled(path, ALIGN_MAX_SIDE)
     except ImageReadError as err:
         return path, None, False, box, points, str(err)
     boxes = aligner.detect(rgb)
@@ -148,7 +152,7 @@ def _align_one(path: str) -> tuple[str, np.ndarray | None, bool, np.ndarray, np.
     points = aligner.landmarks_of(rgb, first)
     face = aligner.align_points(rgb, points)
     box = np.array([first.left(), first.top(), first.right(), first.bottom()], np.float32)
-    return path, face, True, box, points.astype(np.float32), None
+    return path, face, True, box / scale, (points / scale).astype(np.float32), None
 
 
 def _align_many(files: Sequence[str], settings: dict, workers: int, desc: str,

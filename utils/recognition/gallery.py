@@ -26,8 +26,8 @@ from utils.faces.align import FaceAligner
 from utils.faces.image_io import ImageReadError, check_image_file, decode_image, is_image_name
 
 GALLERY_UPSAMPLE = (0, 1)  # gallery photos are few: also look for small faces
-MAX_SIDE = 1280  # larger photos are shrunk before detection (the face stays far above 96 px)
-CACHE_VERSION = 1
+MAX_SIDE = 1280  # larger photos are shrunk while decoding (the face stays far above 96 px)
+CACHE_VERSION = 2  # 2: photos are shrunk by Pillow while decoding (bounded memory), not by OpenCV after
 
 Embed = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) uint8 faces -> (N, D) embeddings
 
@@ -123,13 +123,6 @@ def _save_cache(path: Path, key: str, entries: dict[str, _Entry], dim: int) -> s
 
 # --- building ------------------------------------------------------------------------------------
 
-def _shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    scale = max_side / max(rgb.shape[:2])
-    if scale >= 1:
-        return rgb
-    return cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-
-
 def _align_largest(aligner: FaceAligner, rgb: np.ndarray) -> tuple[int, np.ndarray | None]:
     """(number of faces found, the largest one aligned or None)."""
     boxes = aligner.detect(rgb)
@@ -172,7 +165,7 @@ def build_gallery(people_dir: str | Path, embed: Embed, model_key: str, model_na
             entries[digest] = cached[digest]
             continue
         try:
-            rgb = _shrink(decode_image(data, image.relpath), MAX_SIDE)
+            rgb = decode_image(data, image.relpath, max_side=MAX_SIDE)
         except ImageReadError as err:
             issues.append(f"{err}; skipped")
             row_hash.pop(image.relpath)

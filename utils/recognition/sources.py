@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from utils.faces.image_io import IMAGE_EXTENSIONS, ImageReadError, is_image_name, read_image
+from utils.faces.image_io import ALIGN_MAX_SIDE, IMAGE_EXTENSIONS, ImageReadError, is_image_name, read_image_scaled
 
 VIDEO_EXTENSIONS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -57,11 +57,15 @@ class OutputError(RuntimeError):
 
 @dataclass
 class Frame:
-    """One frame: its position in the source, RGB pixels, and the file it came from (image sources)."""
+    """One frame: its position in the source, RGB pixels, and the file it came from (image sources).
+
+    scale is rgb's size over the file's (below 1 for a photo shrunk to ALIGN_MAX_SIDE while read).
+    """
 
     index: int
     rgb: np.ndarray
     name: str | None = None
+    scale: float = 1.0
 
 
 class Capture(Protocol):
@@ -213,7 +217,8 @@ class StreamSource(FrameSource):
 
 
 class ImageFilesSource(FrameSource):
-    """One image file, or every image in a folder (sorted); unreadable images are logged and skipped."""
+    """One image file, or every image in a folder (sorted); unreadable images are logged and skipped.
+    Photos larger than ALIGN_MAX_SIDE are shrunk to it while decoding (bounded memory)."""
 
     stills = True
 
@@ -224,13 +229,13 @@ class ImageFilesSource(FrameSource):
         index = 0
         for path in self._paths:
             try:
-                rgb = read_image(path)
+                rgb, scale = read_image_scaled(path, ALIGN_MAX_SIDE)
             except ImageReadError as err:
                 if len(self._paths) == 1:
                     raise SourceError(f"cannot read image {err}") from None
                 self._log(f"skipped unreadable image {err}")
                 continue
-            yield Frame(index, rgb, path.name)
+            yield Frame(index, rgb, path.name, scale)
             index += 1
 
 
