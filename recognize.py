@@ -50,7 +50,9 @@ weights/<model>.json by evaluate.py); a model without one needs --threshold.
 ("image" is the file name for image sources; "tracked" marks boxes followed between detections;
 "nearest" is the closest person even when the face is unknown.) Messages go to stderr.
 
-Exit status: 0 done; {EXIT_SOURCE_STOPPED} the source stopped delivering frames; {EXIT_SETUP} a setup problem
+Exit status: 0 done; {EXIT_SOURCE_STOPPED} the source stopped delivering frames (a camera or stream that
+stopped, or a video file that ends before the frame count its header announces: damaged or cut short;
+the frames read are processed first); {EXIT_SETUP} a setup problem
 (source cannot be opened, missing or damaged weights, no threshold, empty gallery, a file or folder
 that cannot be written); {EXIT_INTERRUPTED} interrupted.
 """

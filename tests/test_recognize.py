@@ -278,6 +278,39 @@ def test_camera_that_stops_delivering_ends_the_run_cleanly(monkeypatch, capsys, 
     assert len(captured.out.splitlines()) == 3
 
 
+def damaged_video(folder: Path, suffix: str, damage: str) -> tuple[Path, int]:
+    """A 60-frame video written by cv2.VideoWriter, then damaged in the middle: its path and frame count."""
+    path = folder / f"good{suffix}"
+    square = np.full((96, 96, 3), 200, np.uint8)
+    frames = write_moving_faces_video(path, [[square]] * 4, frames_per_scene=15)
+    data = path.read_bytes()
+    third = len(data) // 3
+    damaged = folder / f"{damage}{suffix}"
+    damaged.write_bytes(data[:third] + bytes(third) + data[2 * third:] if damage == "zeroed" else data[:len(data) // 2])
+    return damaged, frames
+
+
+@pytest.mark.parametrize("suffix, damage", [(".mp4", "zeroed"), (".avi", "zeroed"), (".avi", "cut")])
+def test_a_video_damaged_in_the_middle_says_so_and_exits_non_zero(tmp_path, monkeypatch, capsys, suffix, damage):
+    class StubRecognizer:
+        def process(self, rgb):
+            return []
+
+    path, frames = damaged_video(tmp_path, suffix, damage)
+    read = []
+    with pytest.raises(SourceError, match=rf"ended early: (\d+) of the {frames} frames its header announces"):
+        read.extend(open_source(str(path)))
+    assert 0 < len(read) < frames
+    assert len(list(open_source(str(tmp_path / f"good{suffix}")))) == frames  # the undamaged file: no complaint
+
+    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: StubRecognizer())
+    code = recognize.main(["--source", str(path), "--json", "--no-window"])
+    captured = capsys.readouterr()
+    assert code == recognize.EXIT_SOURCE_STOPPED
+    assert f"ended early: {len(read)} of the {frames} frames" in captured.err
+    assert len(captured.out.splitlines()) == len(read) and "Traceback" not in captured.err
+
+
 # --- sources and sinks -------------------------------------------------------------------------
 
 def test_camera_source_raises_when_frames_stop(monkeypatch):

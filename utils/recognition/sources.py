@@ -33,6 +33,7 @@ VIDEO_EXTENSIONS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJP
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 CAMERA_FAILED_READS = 30  # consecutive failed reads before a camera counts as stopped
 STREAM_TIMEOUT_MS = 10_000
+COUNT_SLACK = 0.002  # a video file may deliver this fraction fewer frames than announced without complaint
 
 Log = Callable[[str], None]
 
@@ -133,7 +134,8 @@ class CameraSource(FrameSource):
 
 
 class VideoFileSource(FrameSource):
-    """A video file, read to its end."""
+    """A video file, read to its end. A file whose frames stop well before the count its container
+    announces (damaged or cut short) raises SourceError after the frames that could be read."""
 
     def __init__(self, path: Path, opener: Callable[[str], Capture] = cv2.VideoCapture):
         self.description, self.location = str(path), path
@@ -144,13 +146,18 @@ class VideoFileSource(FrameSource):
         self.fps = _fps_of(self._capture)
 
     def __iter__(self) -> Iterator[Frame]:
+        total = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         index = 0
         while True:
             ok, bgr = self._capture.read()
             if not ok or bgr is None:
-                return
+                break
             yield Frame(index, _rgb(bgr))
             index += 1
+        # Containers without an index estimate the count from the duration: allow a little slack.
+        if total > 0 and total - index > max(1, round(COUNT_SLACK * total)):
+            raise SourceError(f"{self.description} ended early: {index} of the {total} frames its header announces "
+                              f"could be read (the file is damaged or cut short); the frames read were processed")
 
     def close(self) -> None:
         self._capture.release()
