@@ -124,8 +124,10 @@ def test_broken_links_and_folders_named_like_images_are_listed_as_unreadable(dat
     assert "3 unreadable" in captured.out
     for rel in ("Aaron_Eckhart/corrupt.jpg", "Aaron_Eckhart/gone.jpg", "Abel_Pacheco/album.jpg"):
         assert f"unreadable: {rel}" in captured.out
-    again = load_or_build(dataset, out=out, workers=1, progress=False)  # unchanged: not read again, still listed
+    again = load_or_build(dataset, out=out, workers=1, progress=False)  # unchanged: not read again, still named
     assert again.unreadable == ["Aaron_Eckhart/corrupt.jpg", "Aaron_Eckhart/gone.jpg", "Abel_Pacheco/album.jpg"]
+    assert ("skipped 3 unreadable image(s) under " f"{dataset}, unchanged since an earlier run found them unreadable: "
+            "Aaron_Eckhart/corrupt.jpg, Aaron_Eckhart/gone.jpg, Abel_Pacheco/album.jpg") in capsys.readouterr().err
 
 
 def test_parallel_build_equals_serial(dataset, tmp_path):

@@ -328,6 +328,8 @@ def _update(root: Path, folder: Path, settings: dict, files: list[str], workers:
     else:
         old, unchanged_unreadable = None, []
     todo = [f for f in files if f not in kept and f not in unchanged_unreadable]
+    if unchanged_unreadable:
+        _report_unchanged_unreadable(root, unchanged_unreadable)
     if not todo and old is not None and len(kept) == len(old.paths):
         return old
 
@@ -357,6 +359,13 @@ def _update(root: Path, folder: Path, settings: dict, files: list[str], workers:
              "unreadable_stats": {f: stats[f] for f in data.unreadable}}
     _save(folder, index, data)
     return data
+
+
+def _report_unchanged_unreadable(root: Path, files: list[str], shown: int = 20) -> None:
+    """One line naming the files found unreadable by an earlier run and not changed since."""
+    names = ", ".join(files[:shown]) + (f" and {len(files) - shown} more" if len(files) > shown else "")
+    print(f"skipped {len(files)} unreadable image(s) under {root}, unchanged since an earlier run found them "
+          f"unreadable: {names}", file=sys.stderr)
 
 
 def load_cache(folder: str | Path) -> AlignedFaces:
