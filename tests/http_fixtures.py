@@ -8,7 +8,8 @@ tests/conftest.py registers this module as a plugin, so any test can ask for it:
 
 The server honours single ``Range: bytes=N-`` / ``bytes=N-M`` requests (206 answers),
 and can be told, per path, to answer with an error status, to cut the body short
-for the first few requests, to ignore Range headers, or to stall before answering.
+for the first few requests, to ignore Range headers, to send no Content-Length, or to
+stall before answering.
 Every request is logged (path and Range header) for assertions.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ class _Behaviour:
     cut_after: int | None = None  # send only this many body bytes, then close
     cut_times: int = 0  # how many more requests get cut
     ignore_range: bool = False
+    hide_length: bool = False  # no Content-Length header: the body ends when the connection closes
     stall_s: float = 0.0  # sleep before answering
 
 
@@ -70,6 +72,10 @@ class LoopbackServer:
     def ignore_range(self, path: str) -> None:
         """Always send the whole file with 200, as servers without Range support do."""
         self._set(path, ignore_range=True)
+
+    def hide_length(self, path: str) -> None:
+        """Send no Content-Length header for ``path`` (the client learns the size only by reading)."""
+        self._set(path, hide_length=True)
 
     def stall(self, path: str, seconds: float) -> None:
         """Wait ``seconds`` before answering requests for ``path``."""
@@ -136,7 +142,8 @@ def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(200)
                 self.send_header("Accept-Ranges", "bytes")
             body = data[start:end + 1]
-            self.send_header("Content-Length", str(len(body)))
+            if not behaviour.hide_length:
+                self.send_header("Content-Length", str(len(body)))
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
             if behaviour.cut_after is not None:

@@ -77,6 +77,20 @@ def test_downscaled_detection_finds_the_same_face(images):
     assert abs(full.center().x - fast.center().x) < 15 and abs(full.center().y - fast.center().y) < 15
 
 
+def test_detection_on_a_huge_image_runs_on_a_capped_copy(images, monkeypatch):
+    small_box = FaceAligner(96, upsample=0).detect(images[0])[0]
+    huge = cv2.resize(images[0], None, fx=10, fy=10, interpolation=cv2.INTER_LINEAR)  # 2500 x 2500
+    aligner = FaceAligner(96, upsample=0, max_detect_side=1000)
+    seen, original = [], aligner._detect_once
+    monkeypatch.setattr(aligner, "_detect_once", lambda rgb, level: seen.append(rgb.shape) or original(rgb, level))
+    box = aligner.detect(huge)[0]
+    assert seen == [(1000, 1000, 3)]
+    near = 0.08 * box.width()  # dlib's boxes move by a few percent between scales
+    assert abs(box.center().x - 10 * small_box.center().x) < near
+    assert abs(box.center().y - 10 * small_box.center().y) < near
+    assert abs(box.width() - 10 * small_box.width()) < 0.15 * box.width()
+
+
 def test_cnn_detector_finds_a_face(images):
     aligner = FaceAligner(96, detector="cnn", upsample=0)
     assert aligner.align_largest(images[0]).shape == (96, 96, 3)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -88,6 +89,45 @@ def test_rerun_aligns_only_new_or_changed(dataset, tmp_path, counted_alignments)
     assert "Abel_Pacheco/blank.png" not in third.paths
     row = third.index_of("Aaron_Eckhart/Aaron_Eckhart_0001.jpg")
     assert np.array_equal(third.faces[row], first.faces[first.index_of("Aaron_Eckhart/Aaron_Eckhart_0001.jpg")])
+
+
+def test_an_incomplete_or_inconsistent_cache_is_rebuilt_with_a_message(dataset, tmp_path, capsys,
+                                                                       counted_alignments):
+    out = tmp_path / "cache"
+    first = load_or_build(dataset, out=out, workers=1, progress=False)
+    index = json.loads((out / "index.json").read_text())
+    damages = {
+        "lacks settings, paths, stats": lambda: (out / "index.json").write_text('{"version": 1}'),
+        "paths but": lambda: (out / "index.json").write_text(json.dumps({**index, "stats": index["stats"][:-1]})),
+        "faces.npy has shape": lambda: np.save(out / "faces.npy", first.faces[:-1]),
+        "not a JSON object": lambda: (out / "index.json").write_text("[]"),
+    }
+    for problem, damage in damages.items():
+        damage()
+        with pytest.raises(ValueError, match=f"aligned cache in {out} is damaged.*{problem}"):
+            face_cache.load_cache(out)
+        counted_alignments.clear()
+        capsys.readouterr()
+        rebuilt = load_or_build(dataset, out=out, workers=1, progress=False)
+        assert f"aligned cache in {out} is damaged" in capsys.readouterr().err
+        assert len(counted_alignments) == len(first) + 1  # every image again, the unreadable one too
+        assert rebuilt.paths == first.paths and np.array_equal(rebuilt.faces, first.faces)
+
+
+def test_broken_links_and_folders_named_like_images_are_listed_as_unreadable(dataset, tmp_path, capsys):
+    (dataset / "Aaron_Eckhart" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (dataset / "Abel_Pacheco" / "album.jpg").mkdir()
+    out = tmp_path / "cache"
+    assert main([str(dataset), "--out", str(out), "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "gone.jpg: a broken symbolic link" in captured.err and "album.jpg: a folder" in captured.err
+    assert "3 unreadable" in captured.out
+    for rel in ("Aaron_Eckhart/corrupt.jpg", "Aaron_Eckhart/gone.jpg", "Abel_Pacheco/album.jpg"):
+        assert f"unreadable: {rel}" in captured.out
+    again = load_or_build(dataset, out=out, workers=1, progress=False)  # unchanged: not read again, still named
+    assert again.unreadable == ["Aaron_Eckhart/corrupt.jpg", "Aaron_Eckhart/gone.jpg", "Abel_Pacheco/album.jpg"]
+    assert ("skipped 3 unreadable image(s) under " f"{dataset}, unchanged since an earlier run found them unreadable: "
+            "Aaron_Eckhart/corrupt.jpg, Aaron_Eckhart/gone.jpg, Abel_Pacheco/album.jpg") in capsys.readouterr().err
 
 
 def test_parallel_build_equals_serial(dataset, tmp_path):

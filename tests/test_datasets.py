@@ -280,6 +280,46 @@ def test_msceleb_export_to_folders(tsv, tmp_path, capsys):
     assert again.already_present == 3 and again.written == 2 and again.identities == 2
 
 
+def user_files(out):
+    """Files that belong to someone else in an export folder: they must survive any export."""
+    owned = {"my_photos/beach.jpg": b"holiday", "notes/todo.txt": b"buy milk", "Jane_Doe/jane_01.jpg": b"jane",
+             "m.02xyz/kept_by_user.jpg": b"mine", "m.01abc/0-face0.jpg": b"not a face from the TSV"}
+    for rel, data in owned.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    return owned
+
+
+def test_msceleb_refuses_a_folder_it_did_not_write(tsv, tmp_path, capsys):
+    path, _ = tsv
+    out = tmp_path / "out"
+    owned = user_files(out)
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert msceleb.main([str(path), str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--force" in err and "Jane_Doe" in err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    assert all((out / rel).read_bytes() == data for rel, data in owned.items())
+
+
+def test_msceleb_force_never_deletes_or_overwrites_foreign_files(tsv, tmp_path, capsys):
+    path, good = tsv
+    out = tmp_path / "out"
+    owned = user_files(out)
+    assert msceleb.main([str(path), str(out), "--min-images", "3", "--force", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 faces written" in printed and "1 faces not written because another file" in printed
+    # m.01abc has 2 faces from the TSV (its face0 place was taken), m.02xyz 2: both below 3, both dropped
+    assert "0 identities kept, 2 with fewer than 3 images dropped (4 faces)" in printed
+    assert all((out / rel).read_bytes() == data for rel, data in owned.items())
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        [*owned, ".msceleb-files.txt"])
+    # a second run into the same folder is recognised without --force, and keeps what it wrote
+    assert msceleb.main([str(path), str(out), "--no-progress"]) == 0
+    assert (out / "m.02xyz" / "3-face3.jpg").read_bytes() == good[3].image
+    assert (out / "m.01abc" / "0-face0.jpg").read_bytes() == owned["m.01abc/0-face0.jpg"]
+
+
 def test_msceleb_cli_bad_path(tmp_path, capsys):
     assert msceleb.main([str(tmp_path / "none.tsv"), str(tmp_path / "out")]) == 1
     assert "not found" in capsys.readouterr().err

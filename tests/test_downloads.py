@@ -16,6 +16,7 @@ from utils.download import (
     ChecksumError,
     DownloadError,
     DownloadTimeoutError,
+    DownloadTooLargeError,
     HTTPStatusError,
     IncompleteDownloadError,
     download_file,
@@ -75,6 +76,57 @@ def test_url_with_spaces_and_non_ascii_is_encoded(http_server, payload, tmp_path
 def test_malformed_url_is_a_download_error(tmp_path):
     with pytest.raises(DownloadError):
         download_file("no-scheme/file.bin", tmp_path / "x.bin", progress=False)
+
+
+@pytest.mark.parametrize("scheme", ["file", "ftp"])
+def test_only_http_and_https_urls_are_fetched(scheme, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"a private local file")
+    dest = tmp_path / "out" / "copy.txt"
+    url = f"file://{secret}" if scheme == "file" else "ftp://127.0.0.1/secret.txt"
+    with pytest.raises(DownloadError, match=f"only http:// and https:// URLs.*not {scheme}://") as info:
+        download_file(url, dest, sha256="0" * 64, progress=False)
+    assert sha256(secret.read_bytes()) not in str(info.value)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+def test_checksum_error_names_only_the_expected_digest(http_server, payload, tmp_path):
+    url = http_server.add_file("blob.bin", payload)
+    with pytest.raises(ChecksumError) as info:
+        download_file(url, tmp_path / "blob.bin", sha256="0" * 64, progress=False)
+    assert "0" * 64 in str(info.value) and sha256(payload) not in str(info.value)
+
+
+def test_announced_size_above_the_limit_is_refused_before_reading(http_server, payload, tmp_path):
+    url = http_server.add_file("big.bin", payload)
+    dest = tmp_path / "big.bin"
+    with pytest.raises(DownloadTooLargeError, match="limit of 100,000 bytes.*300,000 bytes announced"):
+        download_file(url, dest, progress=False, max_bytes=100_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unannounced_size_above_the_limit_is_stopped_while_reading(http_server, payload, tmp_path):
+    url = http_server.add_file("big.bin", payload)
+    http_server.hide_length("big.bin")
+    with pytest.raises(DownloadTooLargeError, match="limit of 100,000 bytes"):
+        download_file(url, tmp_path / "big.bin", progress=False, max_bytes=100_000)
+    assert list(tmp_path.iterdir()) == []
+    assert download_file(url, tmp_path / "big.bin", progress=False).read_bytes() == payload  # default limit
+
+
+def test_existing_destination_without_a_digest_is_fetched_again(http_server, payload, tmp_path):
+    url = http_server.add_file("blob.bin", payload)
+    dest = tmp_path / "blob.bin"
+    dest.write_bytes(b"left over from something else")
+    assert download_file(url, dest, progress=False).read_bytes() == payload
+    assert len(http_server.requests_for("blob.bin")) == 1
+
+
+def test_existing_destination_with_a_wrong_digest_is_replaced(http_server, payload, tmp_path):
+    url = http_server.add_file("blob.bin", payload)
+    dest = tmp_path / "blob.bin"
+    dest.write_bytes(b"damaged copy")
+    assert download_file(url, dest, sha256=sha256(payload), progress=False).read_bytes() == payload
 
 
 def test_wrong_checksum_deletes_the_file(http_server, payload, tmp_path):
@@ -250,6 +302,36 @@ def test_facescrub_cli(http_server, facescrub_list, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["Aaron_Eckhart", "Anne_Hathaway"]
 
 
+def test_facescrub_refuses_a_folder_it_did_not_write(http_server, facescrub_list, tmp_path, capsys):
+    list_path, _ = facescrub_list
+    out = tmp_path / "faces"
+    (out / "Aaron_Eckhart").mkdir(parents=True)
+    (out / "Aaron_Eckhart" / "101.jpg").write_bytes(b"the user's own picture")
+    (out / "notes.txt").write_text("mine")
+    assert facescrub.main([str(list_path), str(out), "--no-progress"]) == 1
+    assert "not empty" in capsys.readouterr().err and not http_server.requests
+    assert facescrub.main([str(list_path), str(out), "--no-progress", "--force"]) == 0
+    assert "2 downloaded" in capsys.readouterr().out  # 101 is not fetched: its place is taken
+    assert (out / "Aaron_Eckhart" / "101.jpg").read_bytes() == b"the user's own picture"
+    assert (out / "notes.txt").read_text() == "mine" and (out / "Anne_Hathaway" / "201.jpg").is_file()
+    assert facescrub.main([str(list_path), str(out), "--no-progress"]) == 0  # its own folder now
+
+
+def test_facescrub_never_copies_local_files(tmp_path, capsys):
+    secret = tmp_path / "private.jpg"
+    secret.write_bytes(jpeg_bytes(gradient_image(60, 60, 3)))
+    digest = sha256(secret.read_bytes())
+    path = tmp_path / "list.txt"
+    write_list(path, [("Eve Local", 1, 11, f"file://{secret}", "0,0,30,30", digest)])
+    out = tmp_path / "faces"
+    assert facescrub.main([str(path), str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "0 downloaded" in printed and "Eve_Local/11.jpg" in printed and "only http" in printed
+    assert not (out / "Eve_Local").exists()
+    state = (out / facescrub.STATE_FILE).read_text()
+    assert "only http" in state and digest not in state and digest not in printed
+
+
 def test_facescrub_bad_list_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "list.txt"
     path.write_text("name\timage_id\tface_id\turl\tbbox\tsha256\nA B\t1\t2\thttp://x/y.jpg\t1,2,3\tabc\n")
@@ -336,6 +418,38 @@ def test_lfw_download_dead_link(fake_lfw, http_server, tmp_path, capsys):
                                 protocol_files=fake_lfw["protocol"], progress=False)
     assert lfw_download.main(["--dest", str(tmp_path / "cli"), "--base-url", fake_lfw["base_url"]]) == 1
     assert "404" in capsys.readouterr().err
+
+
+def test_lfw_download_keeps_the_users_own_archive(fake_lfw, http_server, tmp_path):
+    served = http_server.root / "lfw" / "lfw.tgz"
+    (tmp_path / "lfw.tgz").write_bytes(served.read_bytes())  # the user's verified copy
+    lfw_download.ensure_lfw(tmp_path / "lfw", base_url=fake_lfw["base_url"], archive=fake_lfw["archive"],
+                            protocol_files=fake_lfw["protocol"], progress=False)
+    assert (tmp_path / "lfw.tgz").read_bytes() == served.read_bytes()
+    assert not http_server.requests_for("lfw/lfw.tgz") and (tmp_path / "lfw" / "Ann_Smith").is_dir()
+
+
+def test_lfw_download_never_replaces_a_foreign_file(fake_lfw, http_server, tmp_path):
+    (tmp_path / "lfw.tgz").write_bytes(b"someone else's lfw.tgz")
+    with pytest.raises(DatasetError, match="in the way"):
+        lfw_download.ensure_lfw(tmp_path / "lfw", base_url=fake_lfw["base_url"], archive=fake_lfw["archive"],
+                                protocol_files=fake_lfw["protocol"], progress=False)
+    assert (tmp_path / "lfw.tgz").read_bytes() == b"someone else's lfw.tgz"
+    (tmp_path / "lfw.tgz").unlink()
+    (tmp_path / ".lfw.extracting").mkdir()
+    (tmp_path / ".lfw.extracting" / "work.txt").write_text("not the tool's")
+    with pytest.raises(DatasetError, match="not made by this tool"):
+        lfw_download.ensure_lfw(tmp_path / "lfw", base_url=fake_lfw["base_url"], archive=fake_lfw["archive"],
+                                protocol_files=fake_lfw["protocol"], progress=False)
+    assert (tmp_path / ".lfw.extracting" / "work.txt").read_text() == "not the tool's"
+
+
+def test_lfw_download_stops_at_the_size_limit(fake_lfw, tmp_path):
+    archive = lfw_download.RemoteFile("lfw.tgz", fake_lfw["archive"].sha256, max_bytes=100)
+    with pytest.raises(DownloadTooLargeError, match="limit of 100 bytes"):
+        lfw_download.ensure_lfw(tmp_path / "lfw", base_url=fake_lfw["base_url"], archive=archive,
+                                protocol_files=fake_lfw["protocol"], progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_lfw_archive_with_path_traversal_is_refused(http_server, tmp_path):

@@ -145,6 +145,22 @@ def test_problem_pictures_are_reported_by_name_and_skipped(tmp_path, lfw_root):
     assert embedder.calls == [] and sorted(cached.issues) == sorted(gallery.issues)
 
 
+def test_broken_links_and_folders_named_like_pictures_are_reported(tmp_path, lfw_root):
+    people = tmp_path / "people"
+    link_person(people, lfw_root, "Colin_Powell", 1)
+    (people / "Colin_Powell" / "moved.jpg").symlink_to(tmp_path / "no-longer-here.jpg")
+    (people / "Colin_Powell" / "album.jpg").mkdir()
+    (people / "Tony_Blair.jpg").symlink_to(tmp_path / "also-gone.jpg")
+    gallery = build(people, CountingEmbedder())
+    assert gallery.people == ["Colin_Powell"] and len(gallery) == 1
+    assert sorted(gallery.issues) == [
+        "Colin_Powell/album.jpg: a folder, not a file; skipped",
+        f"Colin_Powell/moved.jpg: a broken symbolic link (to {tmp_path / 'no-longer-here.jpg'}), not an image file; "
+        "skipped",
+        f"Tony_Blair.jpg: a broken symbolic link (to {tmp_path / 'also-gone.jpg'}), not an image file; skipped",
+        "Tony_Blair: no usable image; left out of the gallery"]
+
+
 def test_missing_gallery_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="gallery folder not found"):
         build(tmp_path / "nowhere", CountingEmbedder())

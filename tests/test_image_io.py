@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +14,7 @@ from utils.faces.image_io import (
     EmptyImageError,
     ImageReadError,
     ImageTooLargeError,
+    read_image_scaled,
     NotAnImageError,
     TruncatedImageError,
     decode_image,
@@ -77,6 +79,27 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
     image.save(tmp_path / "r.jpg", exif=exif)
     assert read_image(tmp_path / "r.jpg").shape == (40, 20, 3)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_large_images_are_shrunk_while_decoding(tmp_path, suffix):
+    ys, xs = np.mgrid[0:2000, 0:3000]
+    rgb = np.stack([xs * 255 // 3000, ys * 255 // 2000, (xs + ys) * 255 // 5000], axis=2).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / f"big{suffix}", quality=95)
+    small, scale = read_image_scaled(tmp_path / f"big{suffix}", max_side=1000)
+    assert small.shape == (667, 1000, 3) and scale == pytest.approx(1 / 3)
+    expected = cv2.resize(read_image(tmp_path / f"big{suffix}"), (1000, 667), interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(int) - expected).mean() < 2
+    assert read_image_scaled(tmp_path / f"big{suffix}", max_side=4000)[1] == 1.0  # smaller than the cap: as is
+
+
+def test_exif_orientation_is_applied_to_shrunk_images(tmp_path):
+    image = Image.fromarray(np.zeros((2000, 3000, 3), np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "r.jpg", exif=exif)
+    rgb, scale = read_image_scaled(tmp_path / "r.jpg", max_side=1000)
+    assert rgb.shape == (1000, 667, 3) and scale == pytest.approx(1 / 3)
 
 
 def test_empty_file(tmp_path):

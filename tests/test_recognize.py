@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -279,6 +280,39 @@ def test_camera_that_stops_delivering_ends_the_run_cleanly(monkeypatch, capsys, 
     assert len(captured.out.splitlines()) == 3
 
 
+def damaged_video(folder: Path, suffix: str, damage: str) -> tuple[Path, int]:
+    """A 60-frame video written by cv2.VideoWriter, then damaged in the middle: its path and frame count."""
+    path = folder / f"good{suffix}"
+    square = np.full((96, 96, 3), 200, np.uint8)
+    frames = write_moving_faces_video(path, [[square]] * 4, frames_per_scene=15)
+    data = path.read_bytes()
+    third = len(data) // 3
+    damaged = folder / f"{damage}{suffix}"
+    damaged.write_bytes(data[:third] + bytes(third) + data[2 * third:] if damage == "zeroed" else data[:len(data) // 2])
+    return damaged, frames
+
+
+@pytest.mark.parametrize("suffix, damage", [(".mp4", "zeroed"), (".avi", "zeroed"), (".avi", "cut")])
+def test_a_video_damaged_in_the_middle_says_so_and_exits_non_zero(tmp_path, monkeypatch, capsys, suffix, damage):
+    class StubRecognizer:
+        def process(self, rgb):
+            return []
+
+    path, frames = damaged_video(tmp_path, suffix, damage)
+    read = []
+    with pytest.raises(SourceError, match=rf"ended early: (\d+) of the {frames} frames its header announces"):
+        read.extend(open_source(str(path)))
+    assert 0 < len(read) < frames
+    assert len(list(open_source(str(tmp_path / f"good{suffix}")))) == frames  # the undamaged file: no complaint
+
+    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: StubRecognizer())
+    code = recognize.main(["--source", str(path), "--json", "--no-window"])
+    captured = capsys.readouterr()
+    assert code == recognize.EXIT_SOURCE_STOPPED
+    assert f"ended early: {len(read)} of the {frames} frames" in captured.err
+    assert len(captured.out.splitlines()) == len(read) and "Traceback" not in captured.err
+
+
 # --- sources and sinks -------------------------------------------------------------------------
 
 def test_camera_source_raises_when_frames_stop(monkeypatch):
@@ -332,11 +366,26 @@ def test_image_folder_skips_unreadable_images(tmp_path, shared_data):
     frames = list(open_source(str(tmp_path), log=log.append))
     assert [(f.index, f.name) for f in frames] == [(0, "0.jpg"), (1, "1.jpg")]
     assert len(log) == 1 and "1b.jpg" in log[0]
+    (tmp_path / "2gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (tmp_path / "3folder.jpg").mkdir()
+    log.clear()
+    assert len(list(open_source(str(tmp_path), log=log.append))) == 2
+    assert [m.split(": ", 1)[0].rsplit("/", 1)[1] for m in log] == ["1b.jpg", "2gone.jpg", "3folder.jpg"]
+    assert "broken symbolic link" in log[1] and "a folder" in log[2]
     with pytest.raises(SourceError, match="cannot read image"):
         list(open_source(str(tmp_path / "1b.jpg")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no images"):
         open_source(str(tmp_path / "empty"))
+
+
+def test_huge_photos_are_read_shrunk_and_boxes_reported_in_the_files_pixels(tmp_path):
+    cv2.imwrite(str(tmp_path / "wide.jpg"), np.zeros((1000, 8192, 3), np.uint8))
+    (frame,) = list(open_source(str(tmp_path)))
+    assert frame.rgb.shape == (500, 4096, 3) and frame.scale == 0.5
+    face = SimpleNamespace(box=(100, 50, 300, 250), tracked=False,
+                           match=SimpleNamespace(name="Ada", known=True, distance=0.3, nearest="Ada"))
+    assert recognize.frame_record(frame, [face])["faces"][0]["box"] == [200, 100, 600, 500]
 
 
 def test_frame_sink_checks_its_target(tmp_path):

@@ -2,7 +2,9 @@
 
 `download_file` streams into ``<dest>.part``, resumes a partial ``.part`` with an
 HTTP Range request, verifies the checksum, and only then renames the file to
-``dest``: a file at ``dest`` is always complete and verified.
+``dest``: a file at ``dest`` is always complete and verified. Only http and https
+URLs are fetched (never ``file://`` or ``ftp://``), and a download larger than
+``max_bytes`` is stopped and deleted.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from utils.console import progress_bar
 
 USER_AGENT = "facetk-downloader/1.0 (+python-urllib)"
 CHUNK_SIZE = 1 << 16
+SCHEMES = ("http", "https")
+DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB; callers pass a tighter limit for what they expect
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # reserved characters and existing escapes stay as they are
 
 
@@ -48,13 +52,20 @@ class IncompleteDownloadError(DownloadError):
     """The connection closed before the whole file arrived; the ``.part`` file is kept for resuming."""
 
 
+class DownloadTooLargeError(DownloadError):
+    """The file is larger than the caller's ``max_bytes``; nothing of it is kept."""
+
+
 class ChecksumError(DownloadError):
-    """The downloaded bytes do not match the expected digest; the bad file was deleted."""
+    """The downloaded bytes do not match the expected digest; the bad file was deleted.
+
+    The message names the expected digest only: ``actual`` holds the other one, for code.
+    """
 
     def __init__(self, url: str, dest: str | Path, algorithm: str, expected: str, actual: str):
         super().__init__(
             url, dest,
-            f"{algorithm} checksum mismatch for {Path(dest).name}: expected {expected}, got {actual} "
+            f"{algorithm} checksum mismatch for {Path(dest).name}: expected {expected} "
             "(the corrupt download was deleted)",
         )
         self.algorithm = algorithm
@@ -120,7 +131,14 @@ def _open(url: str, dest: Path, offset: int, timeout: float):
         raise DownloadError(url, dest, str(err)) from None
 
 
-def _transfer(url: str, dest: Path, part: Path, resume: bool, timeout: float, progress: bool, desc: str) -> None:
+def _too_large(url: str, dest: Path, part: Path, max_bytes: int, size: str) -> DownloadTooLargeError:
+    part.unlink(missing_ok=True)
+    return DownloadTooLargeError(url, dest, f"the file is larger than the limit of {max_bytes:,} bytes ({size}); "
+                                            "nothing was kept")
+
+
+def _transfer(url: str, dest: Path, part: Path, resume: bool, timeout: float, progress: bool, desc: str,
+              max_bytes: int) -> None:
     """One attempt to bring ``part`` up to the full file (resuming it when allowed)."""
     offset = part.stat().st_size if resume and part.exists() else 0
     try:
@@ -142,6 +160,8 @@ def _transfer(url: str, dest: Path, part: Path, resume: bool, timeout: float, pr
                                                      "the partial file was discarded")
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
+        if expected is not None and offset + expected > max_bytes:
+            raise _too_large(url, dest, part, max_bytes, f"{offset + expected:,} bytes announced")
         received = 0
         with open(part, "ab" if offset else "wb") as out, progress_bar(
             total=None if expected is None else offset + expected, initial=offset, unit="B",
@@ -149,6 +169,9 @@ def _transfer(url: str, dest: Path, part: Path, resume: bool, timeout: float, pr
         ) as bar:
             try:
                 for chunk in iter(lambda: response.read(CHUNK_SIZE), b""):
+                    if offset + received + len(chunk) > max_bytes:
+                        out.close()
+                        raise _too_large(url, dest, part, max_bytes, "the server sent more")
                     out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
@@ -177,6 +200,7 @@ def download_file(
     md5: str | None = None,
     retries: int = 2,
     desc: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
@@ -184,24 +208,30 @@ def download_file(
     an HTTP Range request (a fresh download if the server ignores Range). A transfer
     cut short or stalled is resumed up to ``retries`` more times. Every given digest
     is checked before the atomic rename to ``dest``; on a mismatch the bad file is
-    deleted and `ChecksumError` is raised. An existing ``dest`` that matches the given
-    digests (or any existing ``dest`` when none is given) is returned without a download.
-    ``md5`` is for sources that publish nothing stronger; prefer sha256.
+    deleted and `ChecksumError` is raised. An existing ``dest`` is returned without a
+    download only when digests are given and it matches them; otherwise it is fetched
+    again. ``md5`` is for sources that publish nothing stronger; prefer sha256.
+    Only http and https URLs are accepted; a file larger than ``max_bytes`` (announced
+    or received) raises `DownloadTooLargeError` and leaves no ``.part`` behind.
 
     Raises `HTTPStatusError`, `DownloadTimeoutError`, `IncompleteDownloadError`,
-    `ChecksumError` or `DownloadError` (all `DownloadError`).
+    `ChecksumError`, `DownloadTooLargeError` or `DownloadError` (all `DownloadError`).
     """
     dest = Path(dest)
     part = part_path(dest)
+    scheme = urllib.parse.urlsplit(url.strip()).scheme.lower()
+    if scheme not in SCHEMES:
+        given = f"{scheme}://" if scheme else "a URL without a scheme"
+        raise DownloadError(url, dest, f"only http:// and https:// URLs are downloaded, not {given}")
     expected = _expected_digests(sha256, sha1, md5)
-    if dest.is_file() and (not expected or _first_mismatch(dest, expected) is None):
+    if expected and dest.is_file() and _first_mismatch(dest, expected) is None:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not resume and part.exists():
         part.unlink()
     for attempt in range(retries + 1):
         try:
-            _transfer(url, dest, part, resume or attempt > 0, timeout, progress, desc or dest.name)
+            _transfer(url, dest, part, resume or attempt > 0, timeout, progress, desc or dest.name, max_bytes)
             break
         except (IncompleteDownloadError, DownloadTimeoutError):
             if attempt == retries:

@@ -8,7 +8,9 @@ the original image and ``sha256`` is the digest of that original image file.
 Faces are written as ``OUT/<Name_With_Underscores>/<face_id>.jpg``. Re-running skips
 faces already on disk; failures (dead links, timeouts, checksum mismatches,
 non-images) are recorded in ``OUT/.facescrub_state.json`` and not retried unless
-asked, and a half-downloaded image is resumed.
+asked, and a half-downloaded image is resumed. Every face written is listed in
+``OUT/.facescrub-files.txt``; a non-empty OUT without that list is refused unless
+``--force`` is given, and a file this tool did not write is never overwritten.
 
     python -m utils.datasets.facescrub facescrub_actors.txt facescrub_actresses.txt OUT_DIR --workers 16
 """
@@ -28,6 +30,7 @@ import numpy as np
 from utils.atomic import atomic_path, write_text_atomic
 from utils.console import progress_bar
 from utils.datasets.folders import DatasetError
+from utils.datasets.manifest import OutputManifest
 from utils.download import DownloadError, download_file
 from utils.faces.image_io import ImageReadError, decode_image, jpeg_bytes
 
@@ -36,6 +39,7 @@ STATE_FILE = ".facescrub_state.json"
 INCOMING_DIR = ".incoming"  # hidden, so folder readers ignore unfinished downloads
 JPEG_QUALITY = 95
 SAVE_STATE_EVERY = 200
+MAX_IMAGE_BYTES = 50 << 20  # a photo larger than 50 MiB is not a FaceScrub image
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,12 @@ class DownloadReport:
     already_present: int = 0
     skipped_known_failures: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    foreign: int = 0  # another file (not written by this tool) is where the face would go: left alone
 
     def summary(self) -> str:
         return (f"{self.downloaded} downloaded, {self.already_present} already present, "
-                f"{self.skipped_known_failures} known failures skipped, {len(self.failed)} failed")
+                f"{self.skipped_known_failures} known failures skipped, {len(self.failed)} failed"
+                + (f", {self.foreign} not written because another file is at their place" if self.foreign else ""))
 
 
 def _parse_line(fields: list[str], where: str) -> FaceScrubEntry:
@@ -127,15 +133,17 @@ def _write_jpeg(rgb: np.ndarray, dest: Path) -> None:
         tmp.write_bytes(jpeg_bytes(np.ascontiguousarray(rgb), JPEG_QUALITY))
 
 
-def _fetch_face(entry: FaceScrubEntry, out_dir: Path, margin: float, timeout: float,
+def _fetch_face(entry: FaceScrubEntry, out_dir: Path, manifest: OutputManifest, margin: float, timeout: float,
                 verify: bool, retries: int) -> str | None:
     """Download, verify, crop and save one face; the failure reason, or None on success."""
     raw = out_dir / INCOMING_DIR / f"{entry.folder}_{entry.face_id}"
     try:
         download_file(entry.url, raw, sha256=entry.sha256 if verify else None, timeout=timeout,
-                      progress=False, retries=retries)
+                      progress=False, retries=retries, max_bytes=MAX_IMAGE_BYTES)
         rgb = decode_image(raw.read_bytes(), entry.url)
-        _write_jpeg(crop_box(rgb, entry.bbox, margin), out_dir / entry.relpath)
+        face = crop_box(rgb, entry.bbox, margin)
+        manifest.add(entry.relpath)
+        _write_jpeg(face, out_dir / entry.relpath)
     except DownloadError as err:
         return f"{type(err).__name__}: {err.reason}"
     except ImageReadError as err:
@@ -170,10 +178,14 @@ def download_faces(
     retry_failed: bool = False,
     verify: bool = True,
     progress: bool = True,
+    force: bool = False,
 ) -> DownloadReport:
-    """Download every face not yet in ``out_dir`` with ``workers`` threads; see the module docstring."""
+    """Download every face not yet in ``out_dir`` with ``workers`` threads; see the module docstring.
+
+    A non-empty ``out_dir`` this tool did not write raises `DatasetError` unless ``force``.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = OutputManifest.claim(out_dir, "facescrub", force)
     state_path = out_dir / STATE_FILE
     known_failures = _load_state(state_path)
     report = DownloadReport()
@@ -181,8 +193,11 @@ def download_faces(
     for entry in entries:
         if entry.relpath in todo:
             continue
-        if (out_dir / entry.relpath).is_file():
-            report.already_present += 1
+        if (out_dir / entry.relpath).exists() or (out_dir / entry.relpath).is_symlink():
+            if entry.relpath in manifest:
+                report.already_present += 1
+            else:
+                report.foreign += 1
         elif entry.relpath in known_failures and not retry_failed:
             report.skipped_known_failures += 1
         else:
@@ -190,7 +205,7 @@ def download_faces(
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
         with progress_bar(total=len(todo), unit="face", desc="FaceScrub", disable=not progress) as bar:
-            futures = {pool.submit(_fetch_face, entry, out_dir, margin, timeout, verify, retries): entry
+            futures = {pool.submit(_fetch_face, entry, out_dir, manifest, margin, timeout, verify, retries): entry
                        for entry in todo.values()}
             for done, future in enumerate(as_completed(futures), start=1):
                 entry = futures[future]
@@ -231,13 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--retry-failed", action="store_true", help="retry faces that failed in earlier runs")
     parser.add_argument("--no-checksum", action="store_true",
                         help="accept images whose sha256 differs from the list (boxes may then be wrong)")
+    parser.add_argument("--force", action="store_true",
+                        help="download into a non-empty OUT_DIR this tool did not write (its files are never "
+                             "overwritten)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         entries = [entry for path in args.lists for entry in parse_list(path)]
         report = download_faces(entries, args.out_dir, workers=args.workers, margin=args.margin,
                                 timeout=args.timeout, retry_failed=args.retry_failed,
-                                verify=not args.no_checksum, progress=not args.no_progress)
+                                verify=not args.no_checksum, progress=not args.no_progress, force=args.force)
     except (DatasetError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

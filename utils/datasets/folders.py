@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from utils.faces.image_io import IMAGE_EXTENSIONS
+from utils.faces.image_io import IMAGE_EXTENSIONS, is_image_name
 
 
 class DatasetError(ValueError):
@@ -29,13 +29,17 @@ def list_identity_images(
     min_images: int = 1,
     exclude: Iterable[str] = (),
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    keep_unreadable: bool = False,
 ) -> list[LabelledImage]:
     """Every image under ``root/<identity>/``, sorted by identity then file name.
 
     Identities named in ``exclude`` are dropped first, then those with fewer than
     ``min_images`` images. Hidden files and folders (``.name``), loose files
     directly in ``root`` and files with other extensions (compared case-blind)
-    are ignored. Raises `DatasetError` for a missing root or when nothing is left.
+    are ignored. Entries named like images that are not files (broken symbolic links,
+    folders such as ``x.jpg/``) are left out too, unless ``keep_unreadable`` asks to
+    keep them so that the caller reports them as unreadable.
+    Raises `DatasetError` for a missing root or when nothing is left.
     """
     root = Path(root)
     if not root.is_dir():
@@ -49,7 +53,8 @@ def list_identity_images(
         for folder in sorted(root.iterdir())
         if folder.is_dir() and not folder.name.startswith(".") and folder.name not in excluded
         for file in sorted(folder.iterdir())
-        if file.is_file() and not file.name.startswith(".") and file.suffix.lower() in suffixes
+        if (file.is_file() or (keep_unreadable and is_image_name(file)))
+        and not file.name.startswith(".") and file.suffix.lower() in suffixes
     ]
     if not images:
         raise DatasetError(

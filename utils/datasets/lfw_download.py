@@ -28,23 +28,26 @@ from pathlib import Path
 
 from utils.console import progress_bar
 from utils.datasets.folders import DatasetError
-from utils.download import DownloadError, download_file
+from utils.download import DownloadError, download_file, file_digests
 from utils.paths import data_dir, lfw_dir, lfw_protocol_dir
 
 OFFICIAL_BASE_URL = "http://vis-www.cs.umass.edu/lfw/"
+STAGING_MARK = ".written-by-lfw_download"  # inside the extraction folder: only a marked one is ever removed
 
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file of the LFW site: its name there, its SHA-256, and mirror URLs tried after the official one."""
+    """A file of the LFW site: its name there, its SHA-256, mirror URLs tried after the official one,
+    and the size above which a download is stopped."""
 
     name: str
     sha256: str
     mirrors: tuple[str, ...] = ()
+    max_bytes: int = 16 << 20  # the protocol files are under 1 MB
 
 
 LFW_ARCHIVE = RemoteFile("lfw.tgz", "055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0",
-                         ("https://ndownloader.figshare.com/files/5976018",))
+                         ("https://ndownloader.figshare.com/files/5976018",), max_bytes=512 << 20)  # 173 MB
 PROTOCOL_FILES = (
     RemoteFile("pairs.txt", "ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592",
                ("https://ndownloader.figshare.com/files/5976006",)),
@@ -62,10 +65,14 @@ def fetch(spec: RemoteFile, dest_dir: Path, base_url: str | None = None, progres
     """Download ``spec`` into ``dest_dir``: from ``base_url`` only if given, else official site then mirrors."""
     urls = [base_url.rstrip("/") + "/" + spec.name] if base_url else [OFFICIAL_BASE_URL + spec.name, *spec.mirrors]
     dest = dest_dir / spec.name
+    if (dest.exists() or dest.is_symlink()) and (
+            not dest.is_file() or file_digests(dest, ["sha256"])["sha256"] != spec.sha256):
+        raise DatasetError(f"{dest} is in the way: it is not the published {spec.name} (another SHA-256), "
+                           f"and it is not replaced; move it away and run again")
     errors: list[DownloadError] = []
     for url in urls:
         try:
-            return download_file(url, dest, sha256=spec.sha256, progress=progress)
+            return download_file(url, dest, sha256=spec.sha256, progress=progress, max_bytes=spec.max_bytes)
         except DownloadError as err:
             errors.append(err)
     if len(errors) == 1:
@@ -80,10 +87,16 @@ def extract_archive(archive: Path, root: Path, progress: bool = True) -> Path:
     Members are extracted with tarfile's ``data`` filter (no absolute paths, no ``..``,
     no links leaving the folder) into a temporary folder beside ``root``, which is
     renamed to ``root`` only when everything is out: ``root`` never holds half an archive.
+    A leftover temporary folder of an interrupted run (it holds STAGING_MARK) is removed
+    first; a folder of that name without the mark is not ours and stops the extraction.
     """
     staging = root.parent / f".{root.name}.extracting"
-    shutil.rmtree(staging, ignore_errors=True)
+    if staging.exists() or staging.is_symlink():
+        if not (staging.is_dir() and not staging.is_symlink() and (staging / STAGING_MARK).is_file()):
+            raise DatasetError(f"{staging} is in the way and was not made by this tool; move it away and run again")
+        shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    (staging / STAGING_MARK).touch()
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in progress_bar(tar, unit=" files", desc=f"extracting {archive.name}", disable=not progress):
@@ -131,9 +144,10 @@ def ensure_lfw(
         if root.is_dir() and any(root.iterdir()):
             raise DatasetError(f"{root} holds files but no identity folders; move them away before downloading LFW")
         root.parent.mkdir(parents=True, exist_ok=True)
+        had_archive = (root.parent / archive.name).is_file()  # the user's own (verified) copy: kept
         archive_path = fetch(archive, root.parent, base_url, progress)
         extract_archive(archive_path, root, progress)
-        if not keep_archive:
+        if not keep_archive and not had_archive:
             archive_path.unlink()
     for spec in protocol_files:
         if not (protocol_dir / spec.name).is_file():

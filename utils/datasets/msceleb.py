@@ -22,7 +22,10 @@ numbers; ``strict=True`` raises on the first one instead.
 
     python -m utils.datasets.msceleb FaceImageCroppedWithAlignment.tsv OUT_DIR --min-images 10
 
-writes ``OUT_DIR/<MID>/<rank>-<FaceID>.jpg`` (the original JPEG bytes) for training.
+writes ``OUT_DIR/<MID>/<rank>-<FaceID>.jpg`` (the original JPEG bytes) for training, and
+lists every file it writes in ``OUT_DIR/.msceleb-files.txt``: dropping identities with too
+few faces deletes only listed files, and a non-empty OUT_DIR without that list is refused
+(``--force`` adds to it, still deleting nothing it did not write).
 """
 from __future__ import annotations
 
@@ -31,7 +34,6 @@ import base64
 import binascii
 import os
 import re
-import shutil
 import struct
 import sys
 import warnings
@@ -43,6 +45,7 @@ import numpy as np
 
 from utils.console import progress_bar
 from utils.datasets.folders import DatasetError
+from utils.datasets.manifest import OutputManifest
 from utils.faces.image_io import ImageReadError, decode_image, jpeg_bytes
 
 COLUMNS = ("MID", "ImageSearchRank", "ImageURL", "PageURL", "FaceID", "FaceRectangle", "FaceData")
@@ -193,47 +196,55 @@ class ExportSummary:
     identities: int = 0  # kept
     removed_identities: int = 0  # below min_images, deleted with their faces
     removed_faces: int = 0
+    foreign: int = 0  # files at a face's place that this tool did not write: left alone, not counted
 
 
 def export_to_folders(tsv: str | Path, out_dir: str | Path, min_images: int = 1, strict: bool = False,
-                      progress: bool = True) -> ExportSummary:
+                      progress: bool = True, force: bool = False) -> ExportSummary:
     """Write each face's original JPEG to ``out_dir/<MID>/<rank>-<FaceID>.jpg``.
 
-    Identity folders left with fewer than ``min_images`` images are removed at the end
-    (the file is streamed once, so the count is known only then). Faces already on
-    disk are kept, so an interrupted export can be re-run.
+    Identities with fewer than ``min_images`` faces written by this tool are removed at
+    the end (the file is streamed once, so the count is known only then). Faces already
+    written are kept, so an interrupted export can be re-run. Only files this tool wrote
+    (its manifest, see `OutputManifest`) are ever deleted; a non-empty ``out_dir`` it did
+    not write is refused unless ``force``.
     """
     out_dir = Path(out_dir)
     reader = MsCelebReader(tsv, strict=strict)
+    manifest = OutputManifest.claim(out_dir, "msceleb", force)
     summary = ExportSummary()
-    out_dir.mkdir(parents=True, exist_ok=True)
     with progress_bar(total=reader.path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
               desc=f"exporting {reader.path.name}", disable=not progress) as bar:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # corrupt lines are returned in the summary instead
             for face in reader:
                 bar.update(reader.bytes_read - bar.n)
-                dest = out_dir / face.mid / face.file_name
-                if dest.is_file():
-                    summary.already_present += 1
+                relpath = f"{face.mid}/{face.file_name}"
+                dest = out_dir / relpath
+                if os.path.lexists(dest):
+                    if relpath in manifest:
+                        summary.already_present += 1
+                    else:
+                        summary.foreign += 1  # never overwritten
                     continue
                 # Renamed into place so a face on disk is always whole; not utils.atomic, whose two
                 # fsyncs per file would make exporting millions of faces many times slower.
                 dest.parent.mkdir(exist_ok=True)
                 tmp = dest.with_name(f".{dest.name}.tmp")
                 tmp.write_bytes(face.jpeg)
+                manifest.add(relpath)
                 os.replace(tmp, dest)
                 summary.written += 1
         bar.update(reader.bytes_read - bar.n)
     summary.corrupt = reader.corrupt
-    for folder in sorted(p for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        faces = sum(1 for f in folder.iterdir() if f.suffix == ".jpg")
-        if faces < min_images:
-            shutil.rmtree(folder)
-            summary.removed_identities += 1
-            summary.removed_faces += faces
-        else:
-            summary.identities += 1
+    by_identity: dict[str, list[str]] = {}
+    for relpath in manifest:
+        if (out_dir / relpath).is_file():
+            by_identity.setdefault(relpath.split("/", 1)[0], []).append(relpath)
+    too_few = [faces for faces in by_identity.values() if len(faces) < min_images]
+    summary.removed_faces = manifest.delete([relpath for faces in too_few for relpath in faces])
+    summary.removed_identities = len(too_few)
+    summary.identities = len(by_identity) - len(too_few)
     return summary
 
 
@@ -249,19 +260,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-images", type=int, default=1,
                         help="drop identities with fewer images than this (default 1)")
     parser.add_argument("--strict", action="store_true", help="stop at the first corrupt line")
+    parser.add_argument("--force", action="store_true",
+                        help="export into a non-empty OUT_DIR this tool did not write (its files are never "
+                             "deleted or overwritten)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.min_images < 1:
         parser.error("--min-images must be at least 1")
     try:
-        summary = export_to_folders(args.tsv, args.out_dir, args.min_images, args.strict, not args.no_progress)
+        summary = export_to_folders(args.tsv, args.out_dir, args.min_images, args.strict, not args.no_progress,
+                                    args.force)
     except (DatasetError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{summary.written} faces written, {summary.already_present} already present; "
           f"{summary.identities} identities kept, {summary.removed_identities} with fewer than "
           f"{args.min_images} images dropped ({summary.removed_faces} faces); "
-          f"{len(summary.corrupt)} corrupt lines skipped")
+          f"{len(summary.corrupt)} corrupt lines skipped"
+          + (f"; {summary.foreign} faces not written because another file is at their place" if summary.foreign
+             else ""))
     for item in summary.corrupt[:WARN_LINES]:
         print(f"  line {item.line}: {item.reason}")
     if len(summary.corrupt) > WARN_LINES:

@@ -28,6 +28,10 @@ LANDMARK_SETS = {
 CENTRE_CROP_FRACTION = 0.40
 CENTRE_CROP_DROP = 0.07
 
+# Detection runs on a copy whose long side is at most this (a 1080p frame is untouched): dlib's HOG
+# on a 12000x9000 photo takes over a minute and gigabytes; faces big enough to align are still found.
+MAX_DETECT_SIDE = 2048
+
 
 @lru_cache(maxsize=None)
 def openface_template(path: str | None = None) -> np.ndarray:
@@ -76,10 +80,13 @@ class FaceAligner:
     is found (``(0, 1)`` is fast on LFW-sized faces yet still finds small ones).
     detect_scale: run detection on the image resized by this factor (for
     large video frames); landmarks and the warp still use the full image.
+    max_detect_side: the detection copy is shrunk further when its long side
+    would be larger than this; boxes are mapped back to the full image.
     """
 
     def __init__(self, output_size: int = 96, landmarks: str = "outer_eyes_and_nose",
-                 upsample: int | Sequence[int] = 1, detector: str = "hog", detect_scale: float = 1.0):
+                 upsample: int | Sequence[int] = 1, detector: str = "hog", detect_scale: float = 1.0,
+                 max_detect_side: int = MAX_DETECT_SIDE):
         if landmarks not in LANDMARK_SETS:
             raise ValueError(f"landmarks must be one of {sorted(LANDMARK_SETS)}, got {landmarks!r}")
         if detector not in ("hog", "cnn"):
@@ -88,11 +95,14 @@ class FaceAligner:
             raise ValueError(f"output_size is too small: {output_size}")
         if not 0 < detect_scale <= 4:
             raise ValueError(f"detect_scale must be in (0, 4], got {detect_scale}")
+        if max_detect_side < 64:
+            raise ValueError(f"max_detect_side is too small: {max_detect_side}")
         self.output_size = output_size
         self.landmarks = landmarks
         self.upsample = _as_upsample_levels(upsample)
         self.detector = detector
         self.detect_scale = detect_scale
+        self.max_detect_side = max_detect_side
         self._indices = np.array(LANDMARK_SETS[landmarks])
         self._destination = (output_size * openface_template()[self._indices]).astype(np.float32)
         self._predictor = dlib.shape_predictor(str(dlib_model_path(LANDMARKS_68)))
@@ -108,7 +118,7 @@ class FaceAligner:
     def detect(self, rgb: np.ndarray) -> list[dlib.rectangle]:
         """Face boxes in full-image coordinates, largest first."""
         rgb = _contiguous_rgb(rgb)
-        scale = self.detect_scale
+        scale = min(self.detect_scale, self.max_detect_side / max(rgb.shape[:2]))
         small = rgb if scale == 1.0 else cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         boxes: list[dlib.rectangle] = []
         for level in self.upsample:

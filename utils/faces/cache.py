@@ -42,7 +42,7 @@ import numpy as np
 from utils.console import progress_bar
 from utils.datasets.folders import DatasetError, list_identity_images
 from utils.faces.align import FaceAligner, centre_crop
-from utils.faces.image_io import ImageReadError, read_image
+from utils.faces.image_io import ALIGN_MAX_SIDE, ImageReadError, read_image_scaled
 from utils.paths import cache_dir
 
 DEFAULT_UPSAMPLE = (0, 1)  # upsample 0 finds LFW-sized faces 4x faster; 1 catches the rest
@@ -84,9 +84,11 @@ def list_images(root: Path) -> list[str]:
 
     The tree is read by ``utils.datasets.folders.list_identity_images``: loose files in the
     root, nested sub-folders and hidden files are not images of an identity and are left out.
+    Broken symbolic links and folders named like images are listed, to be reported as unreadable.
     Raises `DatasetError` when no identity folder holds an image.
     """
-    return sorted(f"{image.identity}/{image.path.name}" for image in list_identity_images(root))
+    images = list_identity_images(root, keep_unreadable=True)
+    return sorted(f"{image.identity}/{image.path.name}" for image in images)
 
 
 def alignment_settings(output_size: int = 96, landmarks: str = "outer_eyes_and_nose",
@@ -131,12 +133,16 @@ def _init_worker(settings: dict[str, Any]) -> None:
 
 
 def _align_one(path: str) -> tuple[str, np.ndarray | None, bool, np.ndarray, np.ndarray, str | None]:
-    """Align one file: (path, face, detected, box, landmarks, error message)."""
+    """Align one file: (path, face, detected, box, landmarks, error message).
+
+    A photo larger than ALIGN_MAX_SIDE is shrunk to it while decoding (bounded memory); its box
+    and landmarks are stored in the file's own pixel coordinates all the same.
+    """
     aligner = _worker_aligner
     box = np.full(4, np.nan, np.float32)
     points = np.full((68, 2), np.nan, np.float32)
     try:
-        rgb = read_image(path)
+        rgb, scale = read_image_scaled(path, ALIGN_MAX_SIDE)
     except ImageReadError as err:
         return path, None, False, box, points, str(err)
     boxes = aligner.detect(rgb)
@@ -146,7 +152,7 @@ def _align_one(path: str) -> tuple[str, np.ndarray | None, bool, np.ndarray, np.
     points = aligner.landmarks_of(rgb, first)
     face = aligner.align_points(rgb, points)
     box = np.array([first.left(), first.top(), first.right(), first.bottom()], np.float32)
-    return path, face, True, box, points.astype(np.float32), None
+    return path, face, True, box / scale, (points / scale).astype(np.float32), None
 
 
 def _align_many(files: Sequence[str], settings: dict, workers: int, desc: str,
@@ -164,21 +170,69 @@ def _align_many(files: Sequence[str], settings: dict, workers: int, desc: str,
 # --- cache files ---------------------------------------------------------------------------
 
 def _stat_key(path: Path) -> list[int]:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except FileNotFoundError:  # a broken symbolic link: its own size and time
+        st = path.lstat()
     return [st.st_size, st.st_mtime_ns]
 
 
+class DamagedCacheError(ValueError):
+    """A cache folder whose files are unreadable or disagree with each other; the message says how."""
+
+
+def _check_index(index: Any) -> str | None:
+    """What is wrong with a parsed index.json, or None."""
+    if not isinstance(index, dict):
+        return "index.json is not a JSON object"
+    if index.get("version") != FORMAT_VERSION:
+        return f"index.json has format {index.get('version')!r}, not {FORMAT_VERSION}"
+    missing = [key for key in ("settings", "paths", "stats") if key not in index]
+    if missing:
+        return f"index.json lacks {', '.join(missing)}"
+    paths, stats = index["paths"], index["stats"]
+    if not isinstance(index["settings"], dict) or not isinstance(paths, list) or not isinstance(stats, list):
+        return "index.json's settings, paths or stats have the wrong type"
+    if not all(isinstance(p, str) for p in paths) or len(stats) != len(paths):
+        return f"index.json lists {len(paths)} paths but {len(stats)} stats"
+    unreadable = index.get("unreadable", [])
+    if not isinstance(unreadable, list) or not all(isinstance(p, str) for p in unreadable) \
+            or not isinstance(index.get("unreadable_stats", {}), dict):
+        return "index.json's unreadable lists have the wrong type"
+    return None
+
+
+def _check_arrays(index: dict, faces: np.ndarray, detected: np.ndarray, boxes: np.ndarray,
+                  landmarks: np.ndarray) -> str | None:
+    """What disagrees between the arrays and index.json, or None."""
+    n, size = len(index["paths"]), index["settings"].get("output_size")
+    expected = {"faces.npy": (faces, (n, size, size, 3)), "detected": (detected, (n,)),
+                "boxes": (boxes, (n, 4)), "landmarks": (landmarks, (n, 68, 2))}
+    for name, (array, shape) in expected.items():
+        if array.shape != shape:
+            return f"{name} has shape {array.shape}, index.json expects {shape}"
+    if faces.dtype != np.uint8:
+        return f"faces.npy holds {faces.dtype}, not uint8"
+    return None
+
+
 def _load(folder: Path, root: Path) -> tuple[dict, AlignedFaces] | None:
+    """The cache in folder, None when there is none; DamagedCacheError when it cannot be used."""
+    if not (folder / "index.json").exists():
+        return None
     try:
         index = json.loads((folder / "index.json").read_text())
-        with np.load(folder / "arrays.npz") as arrays:
-            detected, boxes, landmarks = arrays["detected"], arrays["boxes"], arrays["landmarks"]
-        faces = np.load(folder / "faces.npy")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-    if index.get("version") != FORMAT_VERSION or len(faces) != len(index["paths"]):
-        return None
-    return index, AlignedFaces(root, faces, index["paths"], detected, boxes, landmarks,
+        problem = _check_index(index)
+        if problem is None:
+            with np.load(folder / "arrays.npz") as arrays:
+                detected, boxes, landmarks = arrays["detected"], arrays["boxes"], arrays["landmarks"]
+            faces = np.load(folder / "faces.npy")
+            problem = _check_arrays(index, faces, detected, boxes, landmarks)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        problem = f"{type(err).__name__}: {err}"
+    if problem:
+        raise DamagedCacheError(f"the aligned cache in {folder} is damaged ({problem})")
+    return index, AlignedFaces(root, faces, index["paths"], detected.astype(bool), boxes, landmarks,
                                index.get("unreadable", []))
 
 
@@ -260,7 +314,11 @@ def _update(root: Path, folder: Path, settings: dict, files: list[str], workers:
     """load_or_build under the cache's lock."""
     _recover(folder)
     stats = {f: _stat_key(root / f) for f in files}
-    previous = _load(folder, root)
+    try:
+        previous = _load(folder, root)
+    except DamagedCacheError as err:
+        print(f"{err}; building it again", file=sys.stderr)
+        previous = None
     kept: dict[str, int] = {}
     if previous and previous[0]["settings"] == settings:
         old_index, old = previous
@@ -270,6 +328,8 @@ def _update(root: Path, folder: Path, settings: dict, files: list[str], workers:
     else:
         old, unchanged_unreadable = None, []
     todo = [f for f in files if f not in kept and f not in unchanged_unreadable]
+    if unchanged_unreadable:
+        _report_unchanged_unreadable(root, unchanged_unreadable)
     if not todo and old is not None and len(kept) == len(old.paths):
         return old
 
@@ -301,11 +361,21 @@ def _update(root: Path, folder: Path, settings: dict, files: list[str], workers:
     return data
 
 
+def _report_unchanged_unreadable(root: Path, files: list[str], shown: int = 20) -> None:
+    """One line naming the files found unreadable by an earlier run and not changed since."""
+    names = ", ".join(files[:shown]) + (f" and {len(files) - shown} more" if len(files) > shown else "")
+    print(f"skipped {len(files)} unreadable image(s) under {root}, unchanged since an earlier run found them "
+          f"unreadable: {names}", file=sys.stderr)
+
+
 def load_cache(folder: str | Path) -> AlignedFaces:
-    """A cache folder written by load_or_build, read without its dataset (root = the folder)."""
+    """A cache folder written by load_or_build, read without its dataset (root = the folder).
+
+    ValueError (DamagedCacheError when the files disagree) names the folder and the problem.
+    """
     loaded = _load(Path(folder), Path(folder))
     if loaded is None:
-        raise ValueError(f"not a readable aligned-face cache (format {FORMAT_VERSION}): {folder}")
+        raise ValueError(f"not an aligned-face cache (no index.json): {folder}")
     return loaded[1]
 
 

@@ -23,11 +23,11 @@ import numpy as np
 from utils.atomic import atomic_path
 from utils.download import file_digests
 from utils.faces.align import FaceAligner
-from utils.faces.image_io import IMAGE_EXTENSIONS, ImageReadError, decode_image
+from utils.faces.image_io import ImageReadError, check_image_file, decode_image, is_image_name
 
 GALLERY_UPSAMPLE = (0, 1)  # gallery photos are few: also look for small faces
-MAX_SIDE = 1280  # larger photos are shrunk before detection (the face stays far above 96 px)
-CACHE_VERSION = 1
+MAX_SIDE = 1280  # larger photos are shrunk while decoding (the face stays far above 96 px)
+CACHE_VERSION = 2  # 2: photos are shrunk by Pillow while decoding (bounded memory), not by OpenCV after
 
 Embed = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) uint8 faces -> (N, D) embeddings
 
@@ -56,22 +56,22 @@ class Gallery:
         return len(self.paths)
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
 def list_gallery(people_dir: str | Path) -> list[GalleryImage]:
-    """Every gallery picture, sorted: <Name>.<ext> files and <Name>/<any>.<ext> files."""
+    """Every gallery picture, sorted: <Name>.<ext> files and <Name>/<any>.<ext> files.
+
+    Entries named like pictures that are not files (a broken symbolic link, a folder
+    ``Ada/x.jpg/``) are listed too, so that build_gallery reports them.
+    """
     root = Path(people_dir)
     found = []
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
-        if _is_image(entry):
+        if is_image_name(entry) and not entry.is_dir():
             found.append(GalleryImage(entry.stem, entry, entry.name))
         elif entry.is_dir():
             found += [GalleryImage(entry.name, p, f"{entry.name}/{p.name}")
-                      for p in sorted(entry.iterdir()) if _is_image(p)]
+                      for p in sorted(entry.iterdir()) if is_image_name(p)]
     return found
 
 
@@ -123,13 +123,6 @@ def _save_cache(path: Path, key: str, entries: dict[str, _Entry], dim: int) -> s
 
 # --- building ------------------------------------------------------------------------------------
 
-def _shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    scale = max_side / max(rgb.shape[:2])
-    if scale >= 1:
-        return rgb
-    return cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-
-
 def _align_largest(aligner: FaceAligner, rgb: np.ndarray) -> tuple[int, np.ndarray | None]:
     """(number of faces found, the largest one aligned or None)."""
     boxes = aligner.detect(rgb)
@@ -157,7 +150,10 @@ def build_gallery(people_dir: str | Path, embed: Embed, model_key: str, model_na
     aligner: FaceAligner | None = None
     for image in images:
         try:
-            data = image.path.read_bytes()
+            data = check_image_file(image.path).read_bytes()
+        except ImageReadError as err:
+            issues.append(f"{image.relpath}: {err.reason}; skipped")
+            continue
         except OSError as err:
             issues.append(f"{image.relpath}: cannot read the file ({err.strerror}); skipped")
             continue
@@ -169,7 +165,7 @@ def build_gallery(people_dir: str | Path, embed: Embed, model_key: str, model_na
             entries[digest] = cached[digest]
             continue
         try:
-            rgb = _shrink(decode_image(data, image.relpath), MAX_SIDE)
+            rgb = decode_image(data, image.relpath, max_side=MAX_SIDE)
         except ImageReadError as err:
             issues.append(f"{err}; skipped")
             row_hash.pop(image.relpath)

@@ -6,7 +6,8 @@
 - ``0``, ``1``, ...: a camera index;
 - ``rtsp://``, ``http(s)://``, ... : a network stream, reconnected when it drops;
 - a video file (anything OpenCV's FFmpeg backend decodes);
-- an image file, or a folder of images (sorted by name; unreadable ones reported and skipped).
+- an image file, or a folder of images (sorted by name; unreadable ones, broken symbolic links
+  and folders named like images reported and skipped).
 
 Problems come out as :class:`SourceError` with a message meant for the user. Sinks:
 ``FrameSink`` writes a video file (by extension) or a folder of JPEGs (never over the source
@@ -26,12 +27,13 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from utils.faces.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
+from utils.faces.image_io import ALIGN_MAX_SIDE, IMAGE_EXTENSIONS, ImageReadError, is_image_name, read_image_scaled
 
 VIDEO_EXTENSIONS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 CAMERA_FAILED_READS = 30  # consecutive failed reads before a camera counts as stopped
 STREAM_TIMEOUT_MS = 10_000
+COUNT_SLACK = 0.002  # a video file may deliver this fraction fewer frames than announced without complaint
 
 Log = Callable[[str], None]
 
@@ -56,11 +58,15 @@ class OutputError(RuntimeError):
 
 @dataclass
 class Frame:
-    """One frame: its position in the source, RGB pixels, and the file it came from (image sources)."""
+    """One frame: its position in the source, RGB pixels, and the file it came from (image sources).
+
+    scale is rgb's size over the file's (below 1 for a photo shrunk to ALIGN_MAX_SIDE while read).
+    """
 
     index: int
     rgb: np.ndarray
     name: str | None = None
+    scale: float = 1.0
 
 
 class Capture(Protocol):
@@ -128,7 +134,8 @@ class CameraSource(FrameSource):
 
 
 class VideoFileSource(FrameSource):
-    """A video file, read to its end."""
+    """A video file, read to its end. A file whose frames stop well before the count its container
+    announces (damaged or cut short) raises SourceError after the frames that could be read."""
 
     def __init__(self, path: Path, opener: Callable[[str], Capture] = cv2.VideoCapture):
         self.description, self.location = str(path), path
@@ -139,13 +146,18 @@ class VideoFileSource(FrameSource):
         self.fps = _fps_of(self._capture)
 
     def __iter__(self) -> Iterator[Frame]:
+        total = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         index = 0
         while True:
             ok, bgr = self._capture.read()
             if not ok or bgr is None:
-                return
+                break
             yield Frame(index, _rgb(bgr))
             index += 1
+        # Containers without an index estimate the count from the duration: allow a little slack.
+        if total > 0 and total - index > max(1, round(COUNT_SLACK * total)):
+            raise SourceError(f"{self.description} ended early: {index} of the {total} frames its header announces "
+                              f"could be read (the file is damaged or cut short); the frames read were processed")
 
     def close(self) -> None:
         self._capture.release()
@@ -212,7 +224,8 @@ class StreamSource(FrameSource):
 
 
 class ImageFilesSource(FrameSource):
-    """One image file, or every image in a folder (sorted); unreadable images are logged and skipped."""
+    """One image file, or every image in a folder (sorted); unreadable images are logged and skipped.
+    Photos larger than ALIGN_MAX_SIDE are shrunk to it while decoding (bounded memory)."""
 
     stills = True
 
@@ -223,13 +236,13 @@ class ImageFilesSource(FrameSource):
         index = 0
         for path in self._paths:
             try:
-                rgb = read_image(path)
+                rgb, scale = read_image_scaled(path, ALIGN_MAX_SIDE)
             except ImageReadError as err:
                 if len(self._paths) == 1:
                     raise SourceError(f"cannot read image {err}") from None
                 self._log(f"skipped unreadable image {err}")
                 continue
-            yield Frame(index, rgb, path.name)
+            yield Frame(index, rgb, path.name, scale)
             index += 1
 
 
@@ -256,8 +269,7 @@ def open_source(spec: str, log: Log = _stderr, retries: int = 5) -> FrameSource:
         return StreamSource(spec, retries=retries, log=log)
     path = Path(spec).expanduser()
     if path.is_dir():
-        images = sorted(p for p in path.iterdir()
-                        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
+        images = sorted(p for p in path.iterdir() if is_image_name(p))  # broken links etc. are reported when read
         if not images:
             raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
         return ImageFilesSource(images, f"{len(images)} images in {path}", log=log, location=path)
