@@ -171,6 +171,29 @@ def parse_people(path: str | Path) -> list[Person]:
     return people
 
 
+def _is_lfw_people_file(lines: list[list[str]]) -> bool:
+    """An LFW people file by its structure: a number alone on the first line, then ``Name count`` lines.
+
+    A plain list of numeric identities (CelebA's) has a number on its first line too, but never a
+    ``Name count`` line.
+    """
+    return (bool(lines) and len(lines[0]) == 1 and lines[0][0].isdigit()
+            and any(len(tokens) == 2 and tokens[1].isdigit() for tokens in lines[1:]))
+
+
+def read_people_file(path: str | Path) -> set[str]:
+    """Identity names in an LFW people file (count header, ``Name count`` lines) or a plain list
+    with one ``Name`` or ``Name/image.jpg`` per line (like benchmark_faces/manifest.txt or the
+    CelebA hold-out lists in protocols/, whose names are numbers)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"people file not found: {path}")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if _is_lfw_people_file([line.split() for line in lines]):
+        return {person.name for person in parse_people(path)}
+    return {line.split("/", 1)[0].split("\t", 1)[0] for line in lines}
+
+
 def _protocol_file(name: str, protocol_dir: str | Path | None) -> Path:
     return Path(protocol_dir) / name if protocol_dir else lfw_protocol_dir() / name
 

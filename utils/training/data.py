@@ -3,8 +3,9 @@
 Each --data entry is an aligned-cache folder, a folder-per-identity tree (aligned once and
 cached) or an MS-Celeb-1M TSV (exported once to a folder tree under the cache folder). The
 sources are pooled with identities namespaced per source, minus the excluded people: by
-default the LFW View 1 DevTest people (the validation identities) and the benchmark-face
-people (benchmark_faces/manifest.txt, the t-SNE figures' faces).
+default the LFW View 1 DevTest people (the validation identities), the benchmark-face
+people (benchmark_faces/manifest.txt, the t-SNE figures' faces) and the CelebA hold-out
+(protocols/celeba-holdout-*-people.txt: the second validation and test domain).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from utils.atomic import write_text_atomic
 from utils.datasets.folders import DatasetError
-from utils.datasets.lfw import parse_people
+from utils.datasets.holdout import TEST_PEOPLE, VAL_PEOPLE
+from utils.datasets.lfw import read_people_file
 from utils.datasets.msceleb import export_to_folders
 from utils.evaluation.benchmark_faces import MANIFEST
 from utils.faces.cache import AlignedFaces, load_cache, load_or_build
@@ -38,20 +40,13 @@ def default_data() -> list[str]:
 
 
 def default_exclusions() -> list[str]:
-    """LFW View 1 DevTest people (the validation identities) and the 10 benchmark-face people."""
-    return [str(lfw_protocol_dir() / "peopleDevTest.txt"), str(MANIFEST)]
+    """LFW View 1 DevTest people (the LFW validation identities), the 10 benchmark-face people and the
+    CelebA hold-out (validation and test halves, protocols/README.md).
 
-
-def read_people_file(path: str | Path) -> set[str]:
-    """Identity names in an LFW people file (count header, ``Name count`` lines) or a plain list
-    with one ``Name`` or ``Name/image.jpg`` per line (like benchmark_faces/manifest.txt)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"people file not found: {path}")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if lines and lines[0].isdigit():
-        return {person.name for person in parse_people(path)}
-    return {line.split("/", 1)[0].split("\t", 1)[0] for line in lines}
+    Names match in every source: the hold-out's CelebA identity numbers cannot clash with LFW's
+    names, and in another copy of CelebA the same number is the same person, who must stay out too.
+    """
+    return [str(lfw_protocol_dir() / "peopleDevTest.txt"), str(MANIFEST), str(VAL_PEOPLE), str(TEST_PEOPLE)]
 
 
 def export_msceleb(tsv: Path, log: Callable[[str], None] = print) -> Path:
