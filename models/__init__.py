@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import keras
+if TYPE_CHECKING:  # the names above need no TensorFlow, so the scripts' --help starts fast
+    import keras
 
 # name -> module that defines build(input_size, embedding_size) -> keras.Model
 _MODULES = {

@@ -46,3 +46,13 @@ def model_cache_dir() -> Path:
     """Downloaded model files kept across clones: $FACE_MODEL_CACHE, else ~/.cache/facetk."""
     env = os.environ.get("FACE_MODEL_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "facetk"
+
+
+def portable_path(path: str | Path) -> str:
+    """A path for records that travel: relative to the repository (``weights/ang.weights.h5``), else to the
+    data root (``<data>/lfw``), else just the name, so no machine's absolute paths get committed."""
+    path = Path(path).resolve()
+    for base, prefix in ((REPO_ROOT, ""), (data_dir().resolve(), "<data>/")):
+        if path.is_relative_to(base):
+            return prefix + path.relative_to(base).as_posix()
+    return path.name
