@@ -3,9 +3,11 @@
     python train.py --model ang --time-budget 2
 
 trains on the LFW people outside View 1 DevTest (and outside the 10 benchmark-face people)
-plus ../shared/data/celeba-subset, validates on LFW View 1 after every epoch and keeps the
-weights of the epoch with the best View 1 AUC in weights/<model>.weights.h5 with
-weights/<model>.json. Ctrl-C stops after a checkpoint; ``--resume`` continues exactly where the
+plus ../shared/data/celeba-subset outside its hold-out (protocols/README.md), validates after
+every epoch on LFW View 1 and on the CelebA hold-out's validation half, and keeps the weights
+of the epoch with the best mean of the two AUCs in weights/<model>.weights.h5 with
+weights/<model>.json (a run resumed from a checkpoint made before the CelebA validation keeps
+choosing by View 1 AUC, the rule its earlier epochs were chosen by). Ctrl-C stops after a checkpoint; ``--resume`` continues exactly where the
 checkpoint stands; resuming with a larger --time-budget trains on (the cosine schedule is
 stretched to the new budget).
 
@@ -145,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "strong: larger ones, plus colour and greyscale, blur and an erased patch; none: the "
                         "aligned faces as they are")
     p.add_argument("--no-validation", action="store_true",
-                   help="skip LFW View 1 after each epoch (the latest weights are kept instead of the best)")
+                   help="skip the validation after each epoch (LFW View 1, CelebA hold-out validation half); "
+                        "the latest weights are kept instead of the best")
     p.add_argument("--collapse-patience", type=int_at_least(0), default=50,
                    help="stop after this many collapsed steps in a row; 0 never stops (default 50)")
     return p

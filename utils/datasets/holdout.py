@@ -29,6 +29,8 @@ MIN_IMAGES = 10
 SHARE = 0.2
 VAL_PEOPLE = PROTOCOLS_DIR / "celeba-holdout-val-people.txt"
 TEST_PEOPLE = PROTOCOLS_DIR / "celeba-holdout-test-people.txt"
+VAL_PAIRS = PROTOCOLS_DIR / "celeba-val-pairs.txt"  # python -m utils.datasets.make_pairs (protocols/README.md)
+TEST_PAIRS = PROTOCOLS_DIR / "celeba-test-pairs.txt"
 
 
 def holdout_key(identity: str) -> str:

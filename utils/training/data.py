@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from utils.atomic import write_text_atomic
 from utils.datasets.folders import DatasetError
-from utils.datasets.holdout import TEST_PEOPLE, VAL_PEOPLE
+from utils.datasets.holdout import TEST_PEOPLE, VAL_PAIRS, VAL_PEOPLE
 from utils.datasets.lfw import read_people_file
 from utils.datasets.msceleb import export_to_folders
 from utils.evaluation.benchmark_faces import MANIFEST
@@ -105,18 +105,55 @@ def load_training_data(sources: list[str], image_size: int, exclude_files: list[
     return faces, loaded
 
 
+def _figures(result) -> dict[str, float]:
+    v = result.verification
+    return {"accuracy": v.accuracy, "auc": v.auc, "threshold": v.threshold, "eer": v.eer}
+
+
 def view1_evaluator(lfw: AlignedFaces) -> Evaluator:
     """LFW View 1: threshold from the DevTrain pairs, accuracy and AUC on the DevTest pairs."""
     from utils.evaluation.verification import evaluate_lfw
 
     def evaluate(model: keras.Model) -> dict[str, float]:
-        v = evaluate_lfw(model, protocol="view1", aligned=lfw).verification
-        return {"accuracy": v.accuracy, "auc": v.auc, "threshold": v.threshold, "eer": v.eer}
+        return _figures(evaluate_lfw(model, protocol="view1", aligned=lfw))
 
     return evaluate
 
 
+def pairs_evaluator(faces: AlignedFaces, pairs_file: str | Path) -> Evaluator:
+    """Ten-fold verification on a pairs file over the aligned tree ``faces`` (see evaluate.py --pairs)."""
+    from utils.evaluation.verification import evaluate_pairs_file
+
+    def evaluate(model: keras.Model) -> dict[str, float]:
+        return _figures(evaluate_pairs_file(model, pairs_file, faces.root, aligned=faces))
+
+    return evaluate
+
+
+def _source_cache(loaded: dict[str, AlignedFaces], root: Path, image_size: int) -> AlignedFaces:
+    """The training source whose tree is ``root`` when there is one, else that tree's aligned cache."""
+    found = next((v for v in loaded.values() if Path(v.root).resolve() == root.resolve()), None)
+    return found if found is not None else load_or_build(root, output_size=image_size)
+
+
 def lfw_view1_evaluator(loaded: dict[str, AlignedFaces], image_size: int) -> Evaluator:
     """view1_evaluator on LFW: the training source that is LFW when there is one, else its cache."""
-    lfw = next((v for v in loaded.values() if Path(v.root).resolve() == lfw_dir().resolve()), None)
-    return view1_evaluator(lfw if lfw is not None else load_or_build(lfw_dir(), output_size=image_size))
+    return view1_evaluator(_source_cache(loaded, lfw_dir(), image_size))
+
+
+def validation_evaluator(loaded: dict[str, AlignedFaces], image_size: int,
+                         log: Callable[[str], None] = print) -> Evaluator:
+    """What train.py validates on after each epoch: LFW View 1 (``accuracy``, ``auc``, ...) and the
+    CelebA hold-out's validation pairs (``celeba_accuracy``, ``celeba_auc``, ...), the latter only
+    when the celeba-subset folder is there. The test half is never looked at."""
+    view1 = lfw_view1_evaluator(loaded, image_size)
+    celeba = data_dir() / "celeba-subset"
+    if not celeba.is_dir():
+        log(f"validating on LFW View 1 only: {celeba} is missing, so the CelebA hold-out cannot be scored")
+        return view1
+    celeba_val = pairs_evaluator(_source_cache(loaded, celeba, image_size), VAL_PAIRS)
+
+    def evaluate(model: keras.Model) -> dict[str, float]:
+        return {**view1(model), **{f"celeba_{k}": v for k, v in celeba_val(model).items()}}
+
+    return evaluate
