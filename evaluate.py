@@ -130,8 +130,8 @@ def _evaluate(args: argparse.Namespace) -> list[tuple]:
             keras.utils.set_random_seed(0)
             model, weights = get_model(name), None
         else:
+            model = load_model(name, args.weights)  # without a path, OpenFace's default is made on first use
             weights = args.weights or weights_path(name)
-            model = load_model(name, weights)
         if name != DLIB:
             embedders[name] = (model, weights, model_input_size(model))
     caches, rows = {}, []

@@ -415,3 +415,22 @@ def test_help_imports_no_tensorflow():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--pairs FILE" in proc.stdout
+
+
+def test_cli_makes_openfaces_default_weights_on_first_use(tiny, tmp_path, capsys, monkeypatch):
+    import models.openface_weights
+
+    made = []
+
+    def make(path):
+        made.append(path)
+        get_model("openface_nn4_small2").save_weights(path)
+
+    monkeypatch.setattr("models.weights.WEIGHTS_DIR", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    monkeypatch.setattr(models.openface_weights, "make_default_weights", make)
+    root, protocol, _ = tiny
+    code, _, err = run_cli(capsys, "--model", "openface_nn4_small2", "--lfw", root, "--pairs-dir", protocol,
+                           "--protocol", "view1", "--workers", 1, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert made == [tmp_path / "weights" / "openface_nn4_small2_v1.weights.h5"]
