@@ -344,18 +344,11 @@ def test_lfw_pairs_txt_scores_the_same_through_pairs_as_through_view2(tiny, tmp_
 
 
 def test_pairs_by_file_name_on_another_tree(tiny, tmp_path, capsys):
+    from tests.test_datasets import by_file_names
     from utils.evaluation.verification import evaluate_pairs_file
 
     root, protocol, aligned = tiny
-
-    def by_file_name(line: str) -> str:
-        t = line.split("\t")
-        if len(t) == 3:
-            return "\t".join([t[0], f"{t[0]}_{int(t[1]):04d}.jpg", f"{t[0]}_{int(t[2]):04d}.jpg"])
-        return "\t".join([t[0], f"{t[0]}_{int(t[1]):04d}.jpg", t[2], f"{t[2]}_{int(t[3]):04d}.jpg"])
-
-    by_name = [VIEW2[0]] + [by_file_name(line) for line in VIEW2[1:]]
-    (tmp_path / "tiny-test-pairs.txt").write_text("\n".join(by_name) + "\n")
+    (tmp_path / "tiny-test-pairs.txt").write_text(by_file_names(VIEW2))
     result = evaluate_pairs_file(one_hot_identity, tmp_path / "tiny-test-pairs.txt", root, aligned=aligned)
     numbered = evaluate_lfw(one_hot_identity, "view2", aligned=aligned, protocol_dir=protocol)
     assert result.protocol == "tiny-test" and result.n_pairs == 12
