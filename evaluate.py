@@ -1,9 +1,11 @@
-"""Evaluate face-embedding models on LFW verification (View 2 ten-fold, or View 1).
+"""Evaluate face-embedding models on LFW verification (View 2 ten-fold, or View 1), or on any pairs file
+in LFW's pairs.txt format over any folder-per-identity tree (ten-fold, like View 2).
 
 Several models can be compared in one run; each gives a table row, and all share one JSON
 result and one ROC plot:
 
     python evaluate.py --model openface_nn4_small2 dlib_resnet --protocol view2
+    python evaluate.py --model dlib_resnet --pairs protocols/celeba-test-pairs.txt --root ../shared/data/celeba-subset
 
 A View 2 run of a registry model with its default weights, squared L2 and no flip (the setting
 recognize.py uses) also stores accuracy, std, AUC and mean threshold in the model's metadata
@@ -29,10 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     from utils.datasets.lfw import PROTOCOLS
 
     parser = argparse.ArgumentParser(
-        description="LFW face-verification benchmark: accuracy +- std over folds (threshold chosen on the "
-                    "other folds), ROC AUC, equal error rate, VAL@FAR=1e-3 and the mean threshold, for one "
-                    "or more models. Writes a JSON result and a ROC plot. Each Keras model sees faces aligned "
-                    "at the input size its weights were trained at (input_size in the metadata beside them).",
+        description="LFW face-verification benchmark, or any pairs file (--pairs): accuracy +- std over folds "
+                    "(threshold chosen on the other folds), ROC AUC, equal error rate, VAL@FAR=1e-3 and the mean "
+                    "threshold, for one or more models. Writes a JSON result and a ROC plot. Each Keras model "
+                    "sees faces aligned at the input size its weights were trained at (input_size in the "
+                    "metadata beside them).",
         epilog="Exit status: 0 done; 2 bad input (missing files, options that do not fit together) or "
                "results that cannot be written; 130 interrupted.")
     parser.add_argument("--model", nargs="+", required=True, choices=[*MODEL_NAMES, DLIB], metavar="NAME",
@@ -46,12 +49,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lfw", type=Path, default=lfw_dir(), help="LFW image folder (default: %(default)s)")
     parser.add_argument("--pairs-dir", type=Path, default=lfw_protocol_dir(),
                         help="folder of pairs.txt / pairsDevTrain.txt / pairsDevTest.txt (default: %(default)s)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="view2",
+    parser.add_argument("--protocol", choices=PROTOCOLS,
                         help="view2: 10-fold on pairs.txt (the benchmark); view1: threshold on pairsDevTrain, "
                              "scored on pairsDevTest; view2-unseen: the View 2 folds cut to the 1,147 pairs "
                              "whose two people are in peopleDevTest.txt, whom train.py never trains on, so our "
                              "models are scored on strangers (870 pairs are same-person: compare AUC and EER) "
-                             "(default: view2)")
+                             "(default: view2, unless --pairs)")
+    parser.add_argument("--pairs", type=Path, metavar="FILE",
+                        help="score this pairs file instead of an LFW protocol: pairs.txt's format (header "
+                             "'folds<TAB>pairs', then per fold the matched 'name a b' and the mismatched "
+                             "'name1 a name2 b' lines), where an image is an LFW number (name/name_NNNN.jpg) or "
+                             "a file name in name's folder; ten-fold like View 2. Made by python -m "
+                             "utils.datasets.make_pairs; ours are in protocols/")
+    parser.add_argument("--root", type=Path, metavar="DIR",
+                        help="the folder-per-identity tree the --pairs images are in (default: --lfw)")
+    parser.add_argument("--name",
+                        help="protocol name of a --pairs run in the output and file names (default: the pairs "
+                             "file's name without '-pairs.txt', e.g. celeba-test)")
     parser.add_argument("--flip", action="store_true",
                         help="average each face's embedding with its mirror image's (Keras models only)")
     parser.add_argument("--metric", choices=["sqeuclidean", "cosine"], default="sqeuclidean",
@@ -77,6 +91,16 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("--flip applies to Keras models, not dlib_resnet")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.pairs is None and (args.root or args.name):
+        raise ValueError("--root and --name go with --pairs")
+    if args.pairs is not None and args.protocol:
+        raise ValueError("--pairs replaces --protocol: give one of them")
+    if args.pairs is not None and not args.pairs.is_file():
+        raise ValueError(f"pairs file not found: {args.pairs}")
+    if args.pairs is not None and not (args.root or args.lfw).is_dir():
+        raise ValueError(f"image folder not found: {args.root or args.lfw}")
+    if args.name is not None and not args.name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"--name may hold letters, digits, '-' and '_' only, got {args.name!r}")
 
 
 def _evaluate(args: argparse.Namespace) -> list[tuple]:
@@ -90,14 +114,15 @@ def _evaluate(args: argparse.Namespace) -> list[tuple]:
 
     from models import get_model
     from models.weights import load_model, weights_path
-    from utils.datasets.lfw import check_images_exist, pair_images
+    from utils.datasets.lfw import check_images_exist, pair_images, parse_folded_pairs
     from utils.embedding import model_input_size
     from utils.evaluation.dlib_resnet import DlibResNetEmbedder
-    from utils.evaluation.verification import evaluate_lfw, protocol_pairs
+    from utils.evaluation.verification import evaluate_pairs, protocol_pairs
     from utils.faces.cache import load_or_build
 
-    images = pair_images(p for pairs in protocol_pairs(args.protocol, args.pairs_dir).values() for p in pairs)
-    check_images_exist(images, args.lfw)
+    splits = {"all": parse_folded_pairs(args.pairs)} if args.pairs else protocol_pairs(args.protocol, args.pairs_dir)
+    images = pair_images(p for pairs in splits.values() for p in pairs)
+    check_images_exist(images, args.root)
     embedders = {}
     for name in args.model:
         if name == DLIB:
@@ -106,17 +131,17 @@ def _evaluate(args: argparse.Namespace) -> list[tuple]:
             keras.utils.set_random_seed(0)
             model, weights = get_model(name), None
         else:
+            model = load_model(name, args.weights)  # without a path, OpenFace's default is made on first use
             weights = args.weights or weights_path(name)
-            model = load_model(name, weights)
         if name != DLIB:
             embedders[name] = (model, weights, model_input_size(model))
     caches, rows = {}, []
     for name, (embedder, weights, size) in embedders.items():
         start = time.perf_counter()
         if size not in caches:
-            caches[size] = load_or_build(args.lfw, output_size=size, workers=args.workers)
-        result = evaluate_lfw(embedder, args.protocol, aligned=caches[size], flip=args.flip, metric=args.metric,
-                              protocol_dir=args.pairs_dir, batch_size=args.batch_size, progress=True)
+            caches[size] = load_or_build(args.root, output_size=size, workers=args.workers)
+        result = evaluate_pairs(embedder, splits, args.protocol, aligned=caches[size], flip=args.flip,
+                                metric=args.metric, batch_size=args.batch_size, progress=True)
         rows.append((name, weights, result, time.perf_counter() - start))
     return rows
 
@@ -138,7 +163,7 @@ def _store_metadata(args: argparse.Namespace, rows) -> list[str]:
     metadata of registry models evaluated with their default weights; returns the models' names."""
     from models.weights import update_metadata, weights_path
 
-    if args.protocol == "view1" or args.metric != "sqeuclidean" or args.flip:
+    if args.protocol not in ("view2", "view2-unseen") or args.pairs or args.metric != "sqeuclidean" or args.flip:
         return []
     stored = []
     for name, weights, result, _ in rows:
@@ -158,17 +183,20 @@ def _write_results(args: argparse.Namespace, rows, started: float) -> tuple[dict
     """The ROC plot and the JSON record in args.out: (record, JSON path, PNG path)."""
     from utils.evaluation.metrics import plot_roc_curves
 
-    stem = f"lfw_{args.protocol}_{'+'.join(args.model)}" + ("_random_init" if args.random_init else "") + \
+    stem = (args.protocol if args.pairs else f"lfw_{args.protocol}") + f"_{'+'.join(args.model)}" + \
+           ("_random_init" if args.random_init else "") + \
            ("_flip" if args.flip else "") + \
            ("_cosine" if args.metric == "cosine" else "")
     args.out.mkdir(parents=True, exist_ok=True)
-    title = f"LFW {args.protocol} ({args.metric}{', flip' if args.flip else ''})"
+    title = f"{_title(args)} ({args.metric}{', flip' if args.flip else ''})"
     png = plot_roc_curves({name: result.verification for name, _, result, _ in rows},
                           args.out / f"{stem}_roc.png", title=title)
-    record = {  # paths without this machine's folders (data:lfw, weights/ang.weights.h5)
-        "protocol": args.protocol, "metric": args.metric, "flip": args.flip, "lfw": portable_path(args.lfw),
-        "pairs_dir": portable_path(args.pairs_dir), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_seconds": time.perf_counter() - started, "roc_png": png.name,
+    source = {"pairs_file": portable_path(args.pairs), "root": portable_path(args.root)} if args.pairs else \
+        {"lfw": portable_path(args.lfw), "pairs_dir": portable_path(args.pairs_dir)}
+    record = {
+        "protocol": args.protocol, "metric": args.metric, "flip": args.flip, **source,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - started, "roc_png": portable_path(png),
         "results": [{"model": name, "weights": portable_path(weights) if weights else None, "wall_seconds": seconds,
                      **result.to_dict()} for name, weights, result, seconds in rows],
     }
@@ -177,11 +205,26 @@ def _write_results(args: argparse.Namespace, rows, started: float) -> tuple[dict
     return record, json_path, png
 
 
+def _title(args: argparse.Namespace) -> str:
+    return f"{args.protocol} pairs" if args.pairs else f"LFW {args.protocol}"
+
+
+def _resolve_protocol(args: argparse.Namespace) -> None:
+    """Fill in what the options leave implicit: the protocol (its name for --pairs) and the image root."""
+    from utils.evaluation.verification import pairs_file_name
+
+    if args.pairs:
+        args.protocol, args.root = args.name or pairs_file_name(args.pairs), args.root or args.lfw
+    else:
+        args.protocol, args.root = args.protocol or "view2", args.lfw
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write and report; exit status 2 with a message on bad input or unwritable output."""
     started = time.perf_counter()
     try:
         _check_options(args)
+        _resolve_protocol(args)
         rows = _evaluate(args)
     except (OSError, ValueError) as err:  # missing files and folders, bad protocol files, unreadable images
         print(f"error: {err}", file=sys.stderr)
@@ -193,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot write the results: {err}", file=sys.stderr)
         return 2
 
-    print(f"\nLFW {args.protocol}, {args.metric}{', flip' if args.flip else ''}")
+    print(f"\n{_title(args)}, {args.metric}{', flip' if args.flip else ''}")
     print(_table(rows))
     print(f"total wall time {record['wall_seconds']:.1f} s")
     print(f"JSON: {json_path}")

@@ -3,13 +3,15 @@
     python train.py --model ang --time-budget 2
 
 trains on the LFW people outside View 1 DevTest (and outside the 10 benchmark-face people)
-plus ../shared/data/celeba-subset, validates on LFW View 1 after every epoch and keeps the
-weights of the epoch with the best View 1 AUC. Everything goes into the run's own folder,
-runs/<model>/<UTC start time or --run-name>/: checkpoints, logs, the kept <model>.weights.h5
-and its <model>.json. Ctrl-C stops after a checkpoint; ``--resume`` continues the latest run
-of the model exactly where its checkpoint stands (``--resume RUN_DIR`` a given one); resuming
-with a larger --time-budget trains on (the cosine schedule is stretched to the new budget).
-One process at a time trains in a run folder.
+plus ../shared/data/celeba-subset outside its hold-out (protocols/README.md), validates after
+every epoch on LFW View 1 and on the CelebA hold-out's validation half, and keeps the weights of
+the epoch with the best mean of the two AUCs (a run resumed from a checkpoint made before the
+CelebA validation keeps choosing by View 1 AUC, the rule its earlier epochs were chosen by).
+Everything goes into the run's own folder, runs/<model>/<UTC start time or --run-name>/:
+checkpoints, logs, the kept <model>.weights.h5 and its <model>.json. Ctrl-C stops after a
+checkpoint; ``--resume`` continues the latest run of the model exactly where its checkpoint stands
+(``--resume RUN_DIR`` a given one); resuming with a larger --time-budget trains on (the cosine
+schedule is stretched to the new budget). One process at a time trains in a run folder.
 
     python train.py --publish runs/ang/20261130T175200Z
 
@@ -162,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "strong: larger ones, plus colour and greyscale, blur and an erased patch; none: the "
                         "aligned faces as they are")
     p.add_argument("--no-validation", action="store_true",
-                   help="skip LFW View 1 after each epoch (the latest weights are kept instead of the best)")
+                   help="skip the validation after each epoch (LFW View 1, CelebA hold-out validation half); "
+                        "the latest weights are kept instead of the best")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and log lines")
     p.add_argument("--collapse-patience", type=int_at_least(0), default=50,
                    help="stop after this many collapsed steps in a row; 0 never stops (default 50)")

@@ -330,3 +330,27 @@ def test_real_lfw_jpeg_survives_the_tsv(tmp_path):
     path = msceleb.write_tsv(tmp_path / "one.tsv", [msceleb.TsvFace("m.0gwb", "1", original)])
     (face,) = list(msceleb.MsCelebReader(path))
     np.testing.assert_array_equal(face.image, read_image(lfw_dir() / "George_W_Bush" / "George_W_Bush_0001.jpg"))
+
+
+def by_file_names(lines: list[str]) -> str:
+    """An LFW pairs file's text with every image number written as its file name (Name_0001.jpg)."""
+    def image(name: str, number: str) -> str:
+        return f"{name}_{int(number):04d}.jpg"
+
+    renamed = [lines[0]]
+    for t in (line.split() for line in lines[1:]):
+        renamed.append("\t".join([t[0], image(t[0], t[1]), image(t[0], t[2])] if len(t) == 3
+                                 else [t[0], image(t[0], t[1]), t[2], image(t[2], t[3])]))
+    return "\n".join(renamed) + "\n"
+
+
+def test_lfw_pairs_txt_reads_the_same_as_any_pairs_file_and_by_file_names(tmp_path):
+    """evaluate.py --pairs reads the official pairs.txt into exactly View 2's pairs; written with
+    file names instead of numbers (the form make_pairs writes) it gives the same pairs again."""
+    official = lfw_protocol_dir() / "pairs.txt"
+    view2 = lfw.load_view2_pairs()
+    assert lfw.parse_folded_pairs(official) == view2 and len(view2) == 6000
+    (tmp_path / "named.txt").write_text(by_file_names(official.read_text().splitlines()))
+    assert lfw.parse_folded_pairs(tmp_path / "named.txt") == view2
+    with pytest.raises(DatasetError, match="2 or more folds"):
+        lfw.parse_folded_pairs(lfw_protocol_dir() / "pairsDevTest.txt")

@@ -323,3 +323,107 @@ def test_cli_ctrl_c_exits_130_without_a_traceback(monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "_evaluate", interrupted)
     code, _, err = run_cli(capsys, "--model", "ang", "--protocol", "view1")
     assert code == 130 and err.strip() == "interrupted"
+
+
+# --- any pairs file over any tree (--pairs) ------------------------------------------------------
+
+def test_lfw_pairs_txt_scores_the_same_through_pairs_as_through_view2(tiny, tmp_path, random_ang, capsys):
+    root, protocol, _ = tiny
+    common = ["--model", "ang", "--lfw", root, "--workers", 1, "--out", tmp_path / "out"]
+    assert run_cli(capsys, *common, "--pairs-dir", protocol)[0] == 0
+    code, out, err = run_cli(capsys, *common, "--pairs", protocol / "pairs.txt", "--name", "lfw-pairs")
+    assert code == 0, err
+    view2 = json.loads((tmp_path / "out" / "lfw_view2_ang.json").read_text())
+    pairs = json.loads((tmp_path / "out" / "lfw-pairs_ang.json").read_text())
+    assert pairs["protocol"] == "lfw-pairs" and "lfw-pairs pairs" in out
+    drop = ("protocol", "seconds", "wall_seconds")
+    assert {k: v for k, v in pairs["results"][0].items() if k not in drop} == \
+        {k: v for k, v in view2["results"][0].items() if k not in drop}
+    assert pairs["results"][0]["n_pairs"] == 12
+    assert "lfw_pairs" not in json.loads((random_ang / "ang.json").read_text())  # LFW protocols only
+
+
+def test_pairs_by_file_name_on_another_tree(tiny, tmp_path, capsys):
+    from tests.test_datasets import by_file_names
+    from utils.evaluation.verification import evaluate_pairs_file
+
+    root, protocol, aligned = tiny
+    (tmp_path / "tiny-test-pairs.txt").write_text(by_file_names(VIEW2))
+    result = evaluate_pairs_file(one_hot_identity, tmp_path / "tiny-test-pairs.txt", root, aligned=aligned)
+    numbered = evaluate_lfw(one_hot_identity, "view2", aligned=aligned, protocol_dir=protocol)
+    assert result.protocol == "tiny-test" and result.n_pairs == 12
+    assert result.verification.to_dict() == numbered.verification.to_dict()
+
+
+def test_celeba_test_pairs_resolve_and_score_in_the_evaluator(shared_data):
+    """The committed CelebA test pairs, read by evaluate's parser, name real images; a perfect embedder
+    scores 100% (the faces are stand-ins: no alignment needed to check the pairing)."""
+    from utils.datasets.folders import list_identity_images
+    from utils.evaluation.verification import evaluate_pairs_file
+    from utils.faces.cache import AlignedFaces
+
+    root = shared_data / "celeba-subset"
+    paths = [f"{image.identity}/{image.path.name}" for image in list_identity_images(root)]
+    n = len(paths)
+    fake = AlignedFaces(root, np.zeros((n, 1, 1, 3), np.uint8), paths, np.ones(n, bool),
+                        np.zeros((n, 4), np.float32), np.zeros((n, 68, 2), np.float32))
+    result = evaluate_pairs_file(one_hot_identity, REPO_ROOT / "protocols" / "celeba-test-pairs.txt", root,
+                                 aligned=fake)
+    assert result.protocol == "celeba-test" and result.n_pairs == 6000 and result.n_images == 584
+    assert result.verification.accuracy == 1.0 and len(result.verification.fold_accuracies) == 10
+
+
+def test_cli_pairs_json_holds_no_absolute_paths(tiny, tmp_path, random_ang, capsys, monkeypatch):
+    root, protocol, _ = tiny
+    monkeypatch.setattr("utils.paths.REPO_ROOT", tmp_path)  # the weights and the output count as in the repo
+    code, _, err = run_cli(capsys, "--model", "ang", "--pairs", protocol / "pairs.txt", "--root", root,
+                           "--workers", 1, "--out", tmp_path / "out")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "pairs_ang.json").read_text())
+    assert (record["pairs_file"], record["root"], record["roc_png"]) == ("pairs.txt", "lfw", "out/pairs_ang_roc.png")
+    assert record["results"][0]["weights"] == "weights/ang.weights.h5"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pairs", "PAIRS", "--protocol", "view1"], "--pairs replaces --protocol"),
+    (["--root", "ROOT"], "--root and --name go with --pairs"),
+    (["--pairs", "NOWHERE"], "pairs file not found"),
+    (["--pairs", "DEVTEST"], "2 or more folds"),
+    (["--pairs", "PAIRS", "--root", "NOWHERE"], "image folder not found"),
+    (["--pairs", "PAIRS", "--name", "../up"], "--name may hold"),
+])
+def test_cli_bad_pairs_options_exit_2(tiny, tmp_path, random_ang, capsys, args, message):
+    root, protocol, _ = tiny
+    values = {"PAIRS": protocol / "pairs.txt", "ROOT": root, "NOWHERE": tmp_path / "nowhere",
+              "DEVTEST": protocol / "pairsDevTest.txt"}
+    code, _, err = run_cli(capsys, "--model", "ang", "--lfw", root, "--out", tmp_path / "out",
+                           *[values.get(a, a) for a in args])
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_imports_no_tensorflow():
+    code = "import sys, evaluate\ntry:\n    evaluate.main(['--help'])\nexcept SystemExit:\n    pass\n" \
+           "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--pairs FILE" in proc.stdout
+
+
+def test_cli_makes_openfaces_default_weights_on_first_use(tiny, tmp_path, capsys, monkeypatch):
+    import models.openface_weights
+
+    made = []
+
+    def make(path):
+        made.append(path)
+        get_model("openface_nn4_small2").save_weights(path)
+
+    monkeypatch.setattr("models.weights.WEIGHTS_DIR", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    monkeypatch.setattr(models.openface_weights, "make_default_weights", make)
+    root, protocol, _ = tiny
+    code, _, err = run_cli(capsys, "--model", "openface_nn4_small2", "--lfw", root, "--pairs-dir", protocol,
+                           "--protocol", "view1", "--workers", 1, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert made == [tmp_path / "weights" / "openface_nn4_small2_v1.weights.h5"]

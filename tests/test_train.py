@@ -107,7 +107,7 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     assert Path(config.weights_out).is_file()
     reloaded = tiny_model()
     reloaded.load_weights(config.weights_out)
-    best_epoch = max(result.state.history, key=lambda row: row["val_auc"])
+    best_epoch = max(result.state.history, key=lambda row: row["val_mean_auc"])
     assert synthetic_evaluator()(reloaded)["auc"] == pytest.approx(best_epoch["val_auc"])
     record = written[-1]
     assert record["architecture"] == "tiny" and record["input_size"] == SIZE and record["embedding_size"] == 16
@@ -120,7 +120,7 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     assert training["mining"] == "semi-hard" and training["margin"] == 0.2 and training["lr"] == 3e-3
     assert training["augmentation"] == "mild"
     assert training["best_validation"]["val_auc"] == best_epoch["val_auc"]
-    assert training["weights_selected_by"] == "val_auc"
+    assert training["weights_selected_by"] == "val_mean_auc" and best_epoch["val_mean_auc"] == best_epoch["val_auc"]
     assert training["lr_schedule"] == "cosine" and first["lr"] > second["lr"] == pytest.approx(3e-5)
     assert training["final_validation"]["step"] == 24 and training["wall_hours"] > 0
     assert training["hardware"]
@@ -311,6 +311,11 @@ def weights_of(path: str, build: Callable[[], keras.Model] = tiny_model) -> list
     return model.get_weights()
 
 
+def assert_same_weights(a: str | Path, b: str | Path) -> None:
+    for x, y in zip(weights_of(a), weights_of(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_the_kept_weights_are_the_epoch_with_the_best_auc_not_the_best_accuracy(tmp_path):
     # View 1 accuracy uses a threshold fit on people that training saw, so it can fall while
     # AUC rises: epoch 1 has the higher accuracy, epoch 2 the higher AUC and is the one kept.
@@ -322,11 +327,7 @@ def test_the_kept_weights_are_the_epoch_with_the_best_auc_not_the_best_accuracy(
     assert result.state.best["step"] == 24 and result.state.best["val_auc"] == 0.85
     assert written[-1]["training"]["weights_step"] == 24
     final = Checkpoints(config.checkpoint_dir).latest() / "model.weights.h5"
-    kept, last = tiny_model(), tiny_model()
-    kept.load_weights(config.weights_out)
-    last.load_weights(final)
-    for a, b in zip(kept.get_weights(), last.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_weights(config.weights_out, final)
 
 
 def test_resume_keeps_the_best_auc_of_the_history_even_if_another_rule_kept_other_weights(tmp_path):
@@ -348,11 +349,7 @@ def test_resume_keeps_the_best_auc_of_the_history_even_if_another_rule_kept_othe
     assert result.status == "completed" and result.state.step == 24 and len(result.state.history) == 2
     assert result.state.best["step"] == 12 and written[-1]["training"]["weights_step"] == 12
     assert any("kept weights: step 12" in m for m in messages)
-    kept, epoch_1 = tiny_model(), tiny_model()
-    kept.load_weights(config.weights_out)
-    epoch_1.load_weights(Path(config.checkpoint_dir) / "epoch_001.weights.h5")
-    for a, b in zip(kept.get_weights(), epoch_1.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_weights(config.weights_out, Path(config.checkpoint_dir) / "epoch_001.weights.h5")
     # Resumed with another --weights-out, the checkpoint already naming the best epoch: it is
     # written there too.
     saved["state"]["best"] = saved["state"]["history"][0]
@@ -361,6 +358,48 @@ def test_resume_keeps_the_best_auc_of_the_history_even_if_another_rule_kept_othe
     fit(config_for(tmp_path, resume=True, weights_out=str(other)), faces, tiny_model, lambda model: next(figures),
         log=lambda m: None)
     assert other.read_bytes() == Path(config.weights_out).read_bytes()
+
+
+def test_the_kept_weights_maximise_the_mean_auc_of_both_validation_domains(tmp_path):
+    # Epoch 1 is better on LFW View 1, epoch 2 on the mean of View 1 and the CelebA validation half.
+    figures = iter([{"auc": 0.90, "celeba_auc": 0.70, "celeba_accuracy": 0.6},
+                    {"auc": 0.85, "celeba_auc": 0.80, "celeba_accuracy": 0.7}])
+    config = config_for(tmp_path)
+    written, messages = [], []
+    result = fit(config, synthetic_faces(30, 6, seed=0), tiny_model, lambda model: next(figures),
+                 metadata=written.append, log=messages.append)
+    first, second = result.state.history
+    assert first["val_mean_auc"] == pytest.approx(0.80) and second["val_mean_auc"] == pytest.approx(0.825)
+    assert result.state.best["step"] == 24
+    training = written[-1]["training"]
+    assert training["weights_step"] == 24 and training["weights_selected_by"] == "val_mean_auc"
+    assert "CelebA" in training["weights_selection_rule"] and "View 1" in training["weights_selection_rule"]
+    assert "View 1 AUC 0.8500, CelebA val AUC 0.8000, mean AUC 0.8250 (best)" in messages[-1]
+    header = (Path(config.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val_auc", "val_celeba_auc", "val_celeba_accuracy", "val_mean_auc"} <= set(header)
+
+
+def test_a_run_resumed_from_a_view1_only_checkpoint_keeps_choosing_by_view1(tmp_path):
+    """A checkpoint written before the CelebA validation (no selected_by, rows without val_mean_auc)
+    resumes under its own rule, View 1 AUC: its old epochs stay comparable with the new ones."""
+    config = config_for(tmp_path)
+    faces = synthetic_faces(30, 6, seed=0)
+    fit(config_for(tmp_path, epochs=1), faces, tiny_model, lambda model: {"auc": 0.90}, log=lambda m: None)
+    state_file = Checkpoints(config.checkpoint_dir).latest() / "state.json"
+    saved = json.loads(state_file.read_text())
+    del saved["state"]["selected_by"]
+    for row in [*saved["state"]["history"], saved["state"]["best"]]:
+        del row["val_mean_auc"]
+    state_file.write_text(json.dumps(saved))
+
+    written, messages = [], []
+    result = fit(config_for(tmp_path, resume=True), faces, tiny_model,
+                 lambda model: {"auc": 0.85, "celeba_auc": 0.99}, metadata=written.append, log=messages.append)
+    assert result.status == "completed" and result.state.selected_by == "val_auc"
+    assert result.state.best["step"] == 12  # by the mean AUC epoch 2 would win (0.92 > 0.90)
+    assert written[-1]["training"]["weights_selected_by"] == "val_auc"
+    assert any("keeps the weights rule it started with" in m for m in messages)
+    assert_same_weights(config.weights_out, Path(config.checkpoint_dir) / "epoch_001.weights.h5")
 
 
 def test_killed_and_interrupted_runs_resume_exactly(tmp_path):
@@ -639,6 +678,31 @@ def test_view1_evaluator_scores_a_model_on_the_dev_pairs(shared_data):
     figures = view1_evaluator(fake)(tiny_model())
     assert set(figures) == {"accuracy", "auc", "threshold", "eer"}
     assert 0.4 < figures["accuracy"] < 0.6  # noise faces: chance level on the 1,000 DevTest pairs
+
+
+def test_validation_scores_lfw_view1_and_the_celeba_validation_half_only(shared_data):
+    """The evaluator train.py validates with, on stand-in faces: the CelebA cache holds the validation
+    half's images only, so touching a test-half image would fail."""
+    from utils.datasets.holdout import VAL_PEOPLE
+    from utils.datasets.lfw import load_dev_pairs, pair_images
+    from utils.faces.cache import AlignedFaces
+    from utils.paths import data_dir, lfw_dir
+    from utils.training.data import validation_evaluator
+
+    def fake(root, paths):
+        n = len(paths)
+        return AlignedFaces(root, np.random.default_rng(0).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8),
+                            paths, np.ones(n, bool), np.zeros((n, 4), np.float32), np.zeros((n, 68, 2), np.float32))
+
+    celeba = data_dir() / "celeba-subset"
+    val_people = read_people_file(VAL_PEOPLE)
+    val_images = sorted(f"{p.name}/{f.name}" for p in celeba.iterdir() if p.name in val_people for f in p.iterdir())
+    loaded = {"lfw": fake(lfw_dir(), pair_images(load_dev_pairs("train") + load_dev_pairs("test"))),
+              "celeba-subset": fake(celeba, val_images)}
+    figures = validation_evaluator(loaded, SIZE, log=lambda m: None)(tiny_model())
+    names = ("accuracy", "auc", "threshold", "eer")
+    assert set(figures) == {f"{domain}{name}" for domain in ("", "celeba_") for name in names}
+    assert len(val_images) == 570 and 0.3 < figures["celeba_auc"] < 0.7  # noise faces: chance level
 
 
 # --- the command line ----------------------------------------------------------------------------

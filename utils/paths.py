@@ -13,6 +13,7 @@ WEIGHTS_DIR = REPO_ROOT / "weights"
 PEOPLE_DIR = REPO_ROOT / "people"
 BENCHMARK_FACES_DIR = REPO_ROOT / "benchmark_faces"
 BENCHMARK_RESULTS_DIR = REPO_ROOT / "benchmark_results"
+PROTOCOLS_DIR = REPO_ROOT / "protocols"  # our own evaluation splits and pairs files (protocols/README.md)
 
 
 def data_dir() -> Path:

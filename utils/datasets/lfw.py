@@ -7,6 +7,12 @@ line and that many ``name count`` lines. View 1 (development): ``pairsDevTrain.t
 ``pairsDevTest.txt`` start with ``N``, then N matched and N mismatched lines;
 ``peopleDevTrain.txt`` / ``peopleDevTest.txt`` start with a count, then ``name count``
 lines. Images are referred to as ``Name/Name_0001.jpg`` relative to the LFW folder.
+
+The pairs format serves any folder-per-identity tree too (``evaluate.py --pairs``, written by
+``python -m utils.datasets.make_pairs``): an image token is either an LFW image number
+(``name 1 2`` means ``name/name_0001.jpg`` and ``name/name_0002.jpg``) or, for other trees, the
+image's file name in the identity's folder (``7201 001085.jpg 017588.jpg``), told apart by its
+image-file extension (``.jpg``, ``.png``, ...).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from utils.datasets.folders import DatasetError
+from utils.faces.image_io import IMAGE_EXTENSIONS
 from utils.paths import data_dir, lfw_dir, lfw_protocol_dir
 
 VIEW2_PAIRS = "pairs.txt"
@@ -23,8 +30,10 @@ VIEW2_PEOPLE = "people.txt"
 DEV_PAIRS = {"train": "pairsDevTrain.txt", "test": "pairsDevTest.txt"}
 DEV_PEOPLE = {"train": "peopleDevTrain.txt", "test": "peopleDevTest.txt"}
 BENCHMARK_FACES_FILE = "benchmark_faces.txt"
-# view2: 10-fold pairs.txt; view1: DevTrain threshold, DevTest score; view2-unseen: View 2 cut to DevTest people
 PROTOCOLS = ("view2", "view1", "view2-unseen")
+# view2-unseen: the View 2 pairs whose two people are both in peopleDevTest.txt, the people that
+# train.py always leaves out, so a model trained here is scored on strangers only (1,147 pairs,
+# 870 of them same-person: read AUC and EER, accuracy's chance level is the same-pair share).
 
 Split = Literal["train", "test"]
 
@@ -107,13 +116,22 @@ class _Lines:
             raise self.error(line, f"{what} must be a positive whole number, got {token!r}")
         return int(token)
 
+    def image(self, name: str, token: str, line: int) -> str:
+        """The relative path an image token of a pairs line names: an LFW image number or a file name."""
+        if token.isdigit():
+            return image_relpath(name, self.count(token, line, "an image number"))
+        if Path(token).suffix.lower() in IMAGE_EXTENSIONS and Path(token).name == token:
+            return f"{name}/{token}"
+        raise self.error(line, f"expected an image number or an image file name, got {token!r}")
+
     def finish(self, announced: str) -> None:
         if self.next <= len(self.tokens):
             raise self.error(self.next, f"extra line after the {announced} the header announces")
 
 
 def parse_pairs(path: str | Path) -> list[Pair]:
-    """Read ``pairs.txt`` (header ``folds<TAB>n``) or ``pairsDev*.txt`` (header ``n``)."""
+    """Read ``pairs.txt`` (header ``folds<TAB>n``) or ``pairsDev*.txt`` (header ``n``), or a pairs file
+    of another tree in the same format (image numbers or file names, see the module docstring)."""
     lines = _Lines(path)
     line, header = lines.take("the header")
     if len(header) == 2:
@@ -138,9 +156,16 @@ def parse_pairs(path: str | Path) -> list[Pair]:
                     name_a, n_a, name_b, n_b = tokens
                     if name_a == name_b:
                         raise lines.error(line, f"mismatched pair names the same person twice: {name_a}")
-                pairs.append(Pair(image_relpath(name_a, lines.count(n_a, line, "an image number")),
-                                  image_relpath(name_b, lines.count(n_b, line, "an image number")), same, fold))
+                pairs.append(Pair(lines.image(name_a, n_a, line), lines.image(name_b, n_b, line), same, fold))
     lines.finish(f"{folds * 2 * per_fold} pairs")
+    return pairs
+
+
+def parse_folded_pairs(path: str | Path) -> list[Pair]:
+    """A pairs file for k-fold scoring: :func:`parse_pairs` with a ``folds<TAB>n`` header of 2 or more folds."""
+    pairs = parse_pairs(path)
+    if len({pair.fold for pair in pairs}) < 2:
+        raise DatasetError(f"{path}: k-fold scoring needs a header 'folds<TAB>pairs' with 2 or more folds")
     return pairs
 
 
@@ -171,6 +196,29 @@ def parse_people(path: str | Path) -> list[Person]:
             people.append(Person(tokens[0], lines.count(tokens[1], line, "an image count"), fold))
     lines.finish(f"{len(people)} people")
     return people
+
+
+def _is_lfw_people_file(lines: list[list[str]]) -> bool:
+    """An LFW people file by its structure: a number alone on the first line, then ``Name count`` lines.
+
+    A plain list of numeric identities (CelebA's) has a number on its first line too, but never a
+    ``Name count`` line.
+    """
+    return (bool(lines) and len(lines[0]) == 1 and lines[0][0].isdigit()
+            and any(len(tokens) == 2 and tokens[1].isdigit() for tokens in lines[1:]))
+
+
+def read_people_file(path: str | Path) -> set[str]:
+    """Identity names in an LFW people file (count header, ``Name count`` lines) or a plain list
+    with one ``Name`` or ``Name/image.jpg`` per line (like benchmark_faces/manifest.txt or the
+    CelebA hold-out lists in protocols/, whose names are numbers)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"people file not found: {path}")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if _is_lfw_people_file([line.split() for line in lines]):
+        return {person.name for person in parse_people(path)}
+    return {line.split("/", 1)[0].split("\t", 1)[0] for line in lines}
 
 
 def _protocol_file(name: str, protocol_dir: str | Path | None) -> Path:

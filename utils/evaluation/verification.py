@@ -1,4 +1,5 @@
-"""LFW face verification of an embedding model (View 2 ten-fold, or View 1 train/test).
+"""Face verification of an embedding model: LFW (View 2 ten-fold, or View 1 train/test), or any pairs
+file in ``pairs.txt``'s format over any folder-per-identity tree (:func:`evaluate_pairs_file`).
 
 Every image the pairs refer to is embedded once, from the aligned-face cache (images with no
 detected face are kept there as centre crops and counted), then each pair's distance goes into
@@ -26,6 +27,7 @@ from utils.datasets.lfw import (
     load_dev_people,
     load_view2_pairs,
     pair_images,
+    parse_folded_pairs,
 )
 from utils.embedding import embed_faces, model_input_size
 from utils.evaluation.metrics import (
@@ -38,10 +40,6 @@ from utils.evaluation.metrics import (
 )
 from utils.faces.cache import AlignedFaces, load_or_build
 from utils.paths import lfw_dir
-
-# view2-unseen: the View 2 pairs whose two people are both in peopleDevTest.txt, the people that
-# train.py always leaves out, so a model trained here is scored on strangers only (1,147 pairs,
-# 870 of them same-person: read AUC and EER, accuracy's chance level is the same-pair share).
 
 # An embedder maps rows of an aligned cache to embeddings, one row each.
 Embedder = Callable[[AlignedFaces, Sequence[int]], np.ndarray]
@@ -99,7 +97,7 @@ def _rows_of(aligned: AlignedFaces, images: list[str]) -> list[int]:
     """Cache rows of the images; a clear error naming any image the cache lacks."""
     unreadable = sorted(set(images) & set(aligned.unreadable))
     if unreadable:
-        raise DatasetError(f"{len(unreadable)} LFW images referenced by the pairs cannot be read: "
+        raise DatasetError(f"{len(unreadable)} images referenced by the pairs cannot be read: "
                            f"{', '.join(unreadable[:10])}")
     rows, missing = [], []
     for image in images:
@@ -117,18 +115,53 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
                  flip: bool = False, metric: str = "sqeuclidean", protocol_dir: str | Path | None = None,
                  batch_size: int = 64, landmarks: str = "outer_eyes_and_nose",
                  progress: bool = False) -> LFWResult:
-    """LFW verification of a Keras model or an :data:`Embedder`.
+    """LFW verification of a Keras model or an :data:`Embedder` on one of :data:`PROTOCOLS`.
 
-    ``aligned`` is the aligned cache to read faces from; without it the cache of ``lfw_root``
-    (default ``utils.paths.lfw_dir()``) at the model's input size and ``landmarks`` is loaded, or
-    built on first use. ``flip`` (Keras models only) averages each face's embedding with its
-    mirror image's. Thresholds are searched on ``utils.evaluation.metrics.DEFAULT_THRESHOLDS[metric]``.
-    Raises ``DatasetError`` (a ``ValueError``) for missing protocol files, a missing LFW folder
-    or images that the pairs reference but the folder or cache lacks.
+    ``lfw_root`` defaults to ``utils.paths.lfw_dir()``, ``protocol_dir`` to the official protocol
+    files' folder; the other arguments are :func:`evaluate_pairs`'.
+    """
+    return evaluate_pairs(embedder, protocol_pairs(protocol, protocol_dir), protocol,
+                          root=lfw_root if lfw_root else lfw_dir(), aligned=aligned, flip=flip, metric=metric,
+                          batch_size=batch_size, landmarks=landmarks, progress=progress)
+
+
+def pairs_file_name(path: str | Path) -> str:
+    """The protocol name of a pairs file: its stem without a ``pairs`` suffix (celeba-test-pairs.txt: celeba-test)."""
+    stem = Path(path).stem
+    for suffix in ("-pairs", "_pairs", ".pairs"):
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem.removesuffix(suffix)
+    return stem
+
+
+def evaluate_pairs_file(embedder: keras.Model | Embedder, pairs_file: str | Path, root: str | Path,
+                        name: str | None = None, **options) -> LFWResult:
+    """Ten-fold (or as many folds as the file has) verification on a pairs file in ``pairs.txt``'s format
+    over the folder-per-identity tree at ``root``; ``name`` (default :func:`pairs_file_name`) labels the
+    result. ``options`` are :func:`evaluate_pairs`'."""
+    if not Path(root).is_dir():
+        raise DatasetError(f"image folder not found: {root}")
+    return evaluate_pairs(embedder, {"all": parse_folded_pairs(pairs_file)}, name or pairs_file_name(pairs_file),
+                          root=root, **options)
+
+
+def evaluate_pairs(embedder: keras.Model | Embedder, splits: dict[str, list[Pair]], protocol: str,
+                   root: str | Path | None = None, aligned: AlignedFaces | None = None,
+                   flip: bool = False, metric: str = "sqeuclidean", batch_size: int = 64,
+                   landmarks: str = "outer_eyes_and_nose", progress: bool = False) -> LFWResult:
+    """Verification of a Keras model or an :data:`Embedder` on pairs of images of one tree.
+
+    ``splits`` is ``{"all": pairs}`` for k-fold scoring by the pairs' folds (View 2's protocol) or
+    ``{"train": ..., "test": ...}`` for a threshold chosen on one set and scored on the other
+    (View 1's); ``protocol`` names the result. ``aligned`` is the aligned cache to read faces from;
+    without it the cache of ``root`` at the model's input size and ``landmarks`` is loaded, or built
+    on first use. ``flip`` (Keras models only) averages each face's embedding with its mirror
+    image's. Thresholds are searched on ``utils.evaluation.metrics.DEFAULT_THRESHOLDS[metric]``.
+    Raises ``DatasetError`` (a ``ValueError``) for a missing folder or images that the pairs
+    reference but the folder or cache lacks.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
-    splits = protocol_pairs(protocol, protocol_dir)
     images = pair_images(pair for pairs in splits.values() for pair in pairs)
     if isinstance(embedder, keras.Model):
         input_size = model_input_size(embedder)
@@ -138,9 +171,10 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
     else:
         input_size = 96
     if aligned is None:
-        root = Path(lfw_root) if lfw_root else lfw_dir()
+        if root is None:
+            raise ValueError("evaluate_pairs needs the images' root folder or their aligned cache")
         check_images_exist(images, root)
-        aligned = load_or_build(root, output_size=input_size, landmarks=landmarks, progress=progress)
+        aligned = load_or_build(Path(root), output_size=input_size, landmarks=landmarks, progress=progress)
     rows = _rows_of(aligned, images)
 
     start = time.perf_counter()
@@ -153,7 +187,7 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
         distances[split] = pair_distances(a, b, metric)
         same[split] = np.array([p.same for p in pairs])
     thresholds = DEFAULT_THRESHOLDS[metric]
-    if protocol != "view1":
+    if "all" in splits:
         folds = np.array([p.fold for p in splits["all"]])
         verification = kfold_verification(distances["all"], same["all"], folds, thresholds)
     else:

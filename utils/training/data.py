@@ -3,8 +3,9 @@
 Each --data entry is an aligned-cache folder, a folder-per-identity tree (aligned once and
 cached) or an MS-Celeb-1M TSV (exported once to a folder tree under the cache folder). The
 sources are pooled with identities namespaced per source, minus the excluded people: by
-default the LFW View 1 DevTest people (the validation identities) and the benchmark-face
-people (benchmark_faces/manifest.txt, the t-SNE figures' faces).
+default the LFW View 1 DevTest people (the validation identities), the benchmark-face
+people (benchmark_faces/manifest.txt, the t-SNE figures' faces) and the CelebA hold-out
+(protocols/celeba-holdout-*-people.txt: the second validation and test domain).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from utils.atomic import write_text_atomic
 from utils.datasets.folders import DatasetError
-from utils.datasets.lfw import parse_people
+from utils.datasets.holdout import TEST_PEOPLE, VAL_PAIRS, VAL_PEOPLE
+from utils.datasets.lfw import read_people_file
 from utils.datasets.msceleb import export_to_folders
 from utils.evaluation.benchmark_faces import MANIFEST
 from utils.faces.cache import AlignedFaces, load_cache, load_or_build
@@ -39,20 +41,13 @@ def default_data() -> list[str]:
 
 
 def default_exclusions() -> list[str]:
-    """LFW View 1 DevTest people (the validation identities) and the 10 benchmark-face people."""
-    return [str(lfw_protocol_dir() / "peopleDevTest.txt"), str(MANIFEST)]
+    """LFW View 1 DevTest people (the LFW validation identities), the 10 benchmark-face people and the
+    CelebA hold-out (validation and test halves, protocols/README.md).
 
-
-def read_people_file(path: str | Path) -> set[str]:
-    """Identity names in an LFW people file (count header, ``Name count`` lines) or a plain list
-    with one ``Name`` or ``Name/image.jpg`` per line (like benchmark_faces/manifest.txt)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"people file not found: {path}")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if lines and lines[0].isdigit():
-        return {person.name for person in parse_people(path)}
-    return {line.split("/", 1)[0].split("\t", 1)[0] for line in lines}
+    Names match in every source: the hold-out's CelebA identity numbers cannot clash with LFW's
+    names, and in another copy of CelebA the same number is the same person, who must stay out too.
+    """
+    return [str(lfw_protocol_dir() / "peopleDevTest.txt"), str(MANIFEST), str(VAL_PEOPLE), str(TEST_PEOPLE)]
 
 
 def export_msceleb(tsv: Path, log: Callable[[str], None] = print) -> Path:
@@ -113,18 +108,55 @@ def load_training_data(sources: list[str], image_size: int, exclude_files: list[
     return faces, loaded
 
 
+def _figures(result) -> dict[str, float]:
+    v = result.verification
+    return {"accuracy": v.accuracy, "auc": v.auc, "threshold": v.threshold, "eer": v.eer}
+
+
 def view1_evaluator(lfw: AlignedFaces) -> Evaluator:
     """LFW View 1: threshold from the DevTrain pairs, accuracy and AUC on the DevTest pairs."""
     from utils.evaluation.verification import evaluate_lfw
 
     def evaluate(model: keras.Model) -> dict[str, float]:
-        v = evaluate_lfw(model, protocol="view1", aligned=lfw).verification
-        return {"accuracy": v.accuracy, "auc": v.auc, "threshold": v.threshold, "eer": v.eer}
+        return _figures(evaluate_lfw(model, protocol="view1", aligned=lfw))
 
     return evaluate
 
 
+def pairs_evaluator(faces: AlignedFaces, pairs_file: str | Path) -> Evaluator:
+    """Ten-fold verification on a pairs file over the aligned tree ``faces`` (see evaluate.py --pairs)."""
+    from utils.evaluation.verification import evaluate_pairs_file
+
+    def evaluate(model: keras.Model) -> dict[str, float]:
+        return _figures(evaluate_pairs_file(model, pairs_file, faces.root, aligned=faces))
+
+    return evaluate
+
+
+def _source_cache(loaded: dict[str, AlignedFaces], root: Path, image_size: int) -> AlignedFaces:
+    """The training source whose tree is ``root`` when there is one, else that tree's aligned cache."""
+    found = next((v for v in loaded.values() if Path(v.root).resolve() == root.resolve()), None)
+    return found if found is not None else load_or_build(root, output_size=image_size)
+
+
 def lfw_view1_evaluator(loaded: dict[str, AlignedFaces], image_size: int) -> Evaluator:
     """view1_evaluator on LFW: the training source that is LFW when there is one, else its cache."""
-    lfw = next((v for v in loaded.values() if Path(v.root).resolve() == lfw_dir().resolve()), None)
-    return view1_evaluator(lfw if lfw is not None else load_or_build(lfw_dir(), output_size=image_size))
+    return view1_evaluator(_source_cache(loaded, lfw_dir(), image_size))
+
+
+def validation_evaluator(loaded: dict[str, AlignedFaces], image_size: int,
+                         log: Callable[[str], None] = print) -> Evaluator:
+    """What train.py validates on after each epoch: LFW View 1 (``accuracy``, ``auc``, ...) and the
+    CelebA hold-out's validation pairs (``celeba_accuracy``, ``celeba_auc``, ...), the latter only
+    when the celeba-subset folder is there. The test half is never looked at."""
+    view1 = lfw_view1_evaluator(loaded, image_size)
+    celeba = data_dir() / "celeba-subset"
+    if not celeba.is_dir():
+        log(f"validating on LFW View 1 only: {celeba} is missing, so the CelebA hold-out cannot be scored")
+        return view1
+    celeba_val = pairs_evaluator(_source_cache(loaded, celeba, image_size), VAL_PAIRS)
+
+    def evaluate(model: keras.Model) -> dict[str, float]:
+        return {**view1(model), **{f"celeba_{k}": v for k, v in celeba_val(model).items()}}
+
+    return evaluate

@@ -2,9 +2,10 @@
 
 One run = ``epochs`` x ``steps_per_epoch`` steps of P x K batches (utils.training.batching) with an
 online-mined triplet loss (utils.training.losses), Adam, a custom ``tf.function`` step under a
-``tf.distribute`` strategy. After every epoch: LFW View 1 validation (or a given evaluator),
-the weights when validation AUC improves, their metadata (utils.training.metadata), a
-checkpoint (utils.training.checkpoints) and the CSV/TensorBoard/PNG logs (utils.training.log).
+``tf.distribute`` strategy. After every epoch: validation on LFW View 1 and the CelebA hold-out's
+validation half (or a given evaluator), the weights when the mean validation AUC improves, their
+metadata (utils.training.metadata), a checkpoint (utils.training.checkpoints) and the
+CSV/TensorBoard/PNG logs (utils.training.log).
 
 The batches are a pure function of (seed, step), so the step number is the data pipeline's
 whole position and a resumed run performs the same steps as an uninterrupted one.
@@ -31,6 +32,7 @@ import tensorflow as tf
 from utils.training.batching import PKSampler, TrainingFaces, training_dataset
 from utils.training.checkpoints import (
     SELECTED_BY,
+    SELECTION_RULES,
     Checkpoints,
     ResumeError,
     TrainState,
@@ -38,7 +40,7 @@ from utils.training.checkpoints import (
     save_weights_atomic,
 )
 from utils.training.config import STRATEGIES, TrainConfig
-from utils.training.data import Evaluator, lfw_view1_evaluator, load_training_data
+from utils.training.data import Evaluator, load_training_data, validation_evaluator
 from utils.training.log import TrainingLog
 from utils.training.losses import get_loss, pairwise_squared_distances
 from utils.training.metadata import metadata_writer, training_record
@@ -192,24 +194,36 @@ def start_or_resume(config: TrainConfig, checkpoints: Checkpoints, model: keras.
 
 def keep_best_of_history(state: TrainState, checkpoints: Checkpoints, config: TrainConfig,
                          log: Callable[[str], None]) -> bool:
-    """Make ``config.weights_out`` the epoch with the highest SELECTED_BY among those whose weights
-    a checkpoint file still holds (on --resume: the run may have kept its weights by another rule
-    before, or --weights-out may name another file). Returns whether any epoch was held."""
-    held = [(row, path) for row in state.history
-            if SELECTED_BY in row and (path := checkpoints.weights_of(row, state, config))]
+    """Make ``config.weights_out`` the epoch with the highest ``state.selected_by`` among those whose
+    weights a checkpoint file still holds (on --resume: the run may have kept its weights by another
+    rule before, or --weights-out may name another file). Returns whether any epoch was held."""
+    key = state.selected_by
+    held = [(row, path) for row in state.history if key in row and (path := checkpoints.weights_of(row, state, config))]
     if not held:
         return False
-    best, path = max(reversed(held), key=lambda held_row: held_row[0][SELECTED_BY])  # a tie: the later epoch
+    best, path = max(reversed(held), key=lambda held_row: held_row[0][key])  # a tie: the later epoch
     copy_file_atomic(path, config.weights_out)
     state.best = best
-    log(f"kept weights: step {best['step']}, the highest View 1 {SELECTED_BY[4:]} ({best[SELECTED_BY]:.4f})")
+    log(f"kept weights: step {best['step']}, {SELECTION_RULES[key]} ({best[key]:.4f})")
     return True
 
 
-def view1_figures(row: dict[str, float]) -> str:
-    """A history row's View 1 figures for a log line (', View 1 accuracy 0.8440, View 1 auc 0.9509');
-    empty without validation."""
-    return "".join(f", View 1 {k[4:]} {v:.4f}" for k, v in row.items() if k in ("val_accuracy", "val_auc"))
+def validation_row(figures: dict[str, float]) -> dict[str, float]:
+    """An evaluator's figures as history columns (``val_`` + name) and SELECTED_BY, the mean of its AUCs
+    (``auc`` and every ``<domain>_auc``)."""
+    row = {f"val_{k}": float(v) for k, v in figures.items()}
+    aucs = [v for k, v in row.items() if k == "val_auc" or (k.endswith("_auc") and k != SELECTED_BY)]
+    if aucs:
+        row[SELECTED_BY] = float(np.mean(aucs))
+    return row
+
+
+def validation_figures(row: dict[str, float]) -> str:
+    """A history row's validation figures for a log line (', View 1 accuracy 0.8440, View 1 AUC 0.9509,
+    CelebA val AUC 0.9312, mean AUC 0.9411'); empty without validation."""
+    labels = {"val_accuracy": "View 1 accuracy", "val_auc": "View 1 AUC", "val_celeba_auc": "CelebA val AUC",
+              SELECTED_BY: "mean AUC"}
+    return "".join(f", {label} {row[key]:.4f}" for key, label in labels.items() if key in row)
 
 
 def close_epoch(state: TrainState, config: TrainConfig) -> dict[str, float]:
@@ -232,8 +246,10 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
         log: Callable[[str], None] = print, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Train ``build_model()`` on ``faces``; see the module docstring for what each epoch writes.
 
-    ``evaluate(model)`` returns validation figures (``auc`` selects the best weights; all are
-    logged with a ``val_`` prefix); without it the latest weights count as the best.
+    ``evaluate(model)`` returns validation figures, logged with a ``val_`` prefix; the mean of its AUCs
+    (``auc``, ``celeba_auc``: see ``validation_row``) selects the kept weights, or View 1 ``auc`` alone
+    in a resumed run that started with that rule (``TrainState.selected_by``); without an evaluator the
+    latest weights are kept.
     ``metadata(record)`` is called after every epoch with the record of the saved weights and
     the run (utils.training.metadata.training_record). ``strategy`` defaults to
     ``make_strategy(config.strategy)``.
@@ -246,6 +262,8 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
     model, optimizer = build_model_and_optimizer(config, strategy, build_model)
     checkpoints = Checkpoints(config.checkpoint_dir)
     state = start_or_resume(config, checkpoints, model, optimizer, faces, log)
+    if state.selected_by != SELECTED_BY:
+        log(f"this run keeps the weights rule it started with: {SELECTION_RULES[state.selected_by]}")
     if chief and config.resume and keep_best_of_history(state, checkpoints, config, log) and metadata is not None:
         metadata(training_record(config, state, faces, int(model.output_shape[-1])))
     sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed)
@@ -267,10 +285,11 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
     def end_epoch() -> None:
         row = close_epoch(state, config)
         if evaluate is not None:
-            row.update({f"val_{k}": float(v) for k, v in evaluate(model).items()})
+            row.update(validation_row(evaluate(model)))
             tick()
         state.history.append(row)
-        improved = state.best is None or row.get(SELECTED_BY, 0.0) >= state.best.get(SELECTED_BY, 0.0)
+        key = state.selected_by
+        improved = state.best is None or row.get(key, 0.0) >= state.best.get(key, 0.0)
         if improved:
             state.best = row
         if chief:
@@ -279,10 +298,11 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
             if metadata is not None:
                 metadata(training_record(config, state, faces, int(model.output_shape[-1])))
             checkpoints.save(model, optimizer, state, config)
-        logs.epoch(state.history)
+        logs.epoch(state.history, state.selected_by)
         log(f"epoch {row['epoch']:g} (step {state.step}, {row['wall_hours'] * 60:.1f} min): "
             f"loss {row['loss']:.4f}, active {row['active_fraction']:.3f}, "
-            f"mean distance {row['mean_distance']:.3f}, {row['images_per_second']:.1f} images/s{view1_figures(row)}"
+            f"mean distance {row['mean_distance']:.3f}, {row['images_per_second']:.1f} images/s"
+            f"{validation_figures(row)}"
             + (" (best)" if improved else ""))
 
     if state.wall_seconds >= budget:
@@ -359,7 +379,7 @@ def train_and_report(config: TrainConfig, validation: bool, build_model: Callabl
     """``run`` after the run folder is locked."""
     faces, loaded = load_training_data(config.data, config.image_size, config.exclude_people,
                                        config.min_images, log)
-    evaluate = lfw_view1_evaluator(loaded, config.image_size) if validation else None
+    evaluate = validation_evaluator(loaded, config.image_size, log) if validation else None
     if build_model is None:
         from models import get_model
 
@@ -370,6 +390,6 @@ def train_and_report(config: TrainConfig, validation: bool, build_model: Callabl
     if result.state.best:
         best = result.state.best
         log(f"best weights (step {best['step']}"
-            + view1_figures(best)
+            + validation_figures(best)
             + f") in {config.weights_out}")
     return EXIT_CODES[result.status]

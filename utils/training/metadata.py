@@ -1,7 +1,8 @@
 """The metadata JSON written beside trained weights: what the weights are and how they were trained.
 
 The record describes the saved (best) weights (``weights_step``, ``weights_images_seen``,
-``weights_wall_hours`` and ``best_validation``) beside the run's totals so far (``steps``,
+``weights_wall_hours``, ``best_validation`` and the rule that chose them, ``weights_selected_by``:
+the history column maximised, ``weights_selection_rule``: in words) beside the run's totals so far (``steps``,
 ``images_seen``, ``wall_hours``, ``final_validation``). Each write replaces the whole file, so
 figures measured on earlier weights (evaluate.py's ``lfw_view2``, from which recognize.py takes
 its default threshold) never stay beside new weights. Paths are recorded without this machine's
@@ -20,7 +21,7 @@ import tensorflow as tf
 
 from utils.atomic import write_text_atomic
 from utils.paths import portable_path
-from utils.training.checkpoints import SELECTED_BY
+from utils.training.checkpoints import SELECTION_RULES
 
 if TYPE_CHECKING:
     from utils.training.batching import TrainingFaces
@@ -54,7 +55,9 @@ def training_record(config: TrainConfig, state: TrainState, faces: TrainingFaces
             "weights_file": portable_path(config.weights_out), "weights_step": best.get("step"),
             "weights_images_seen": best.get("images_seen"),
             "weights_wall_hours": round(best["wall_hours"], 4) if best else None, "best_validation": state.best,
-            "weights_selected_by": SELECTED_BY if SELECTED_BY in best else "latest",
+            "weights_selected_by": state.selected_by if state.selected_by in best else "latest",
+            "weights_selection_rule": SELECTION_RULES.get(state.selected_by, state.selected_by) if
+            state.selected_by in best else "the latest epoch (no validation)",
             "steps": state.step, "epochs": round(state.step / config.steps_per_epoch, 3),
             "images_seen": state.step * config.batch_size, "wall_hours": round(state.wall_seconds / 3600, 4),
             "final_validation": state.history[-1] if state.history else None,
