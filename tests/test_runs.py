@@ -179,6 +179,7 @@ def test_training_metadata_records_relative_paths(tmp_path, monkeypatch):
                         weights_out=str(REPO_ROOT / "runs" / "tiny" / "r" / "tiny.weights.h5"))
     record = training_record(config, TrainState(step=3), synthetic_faces(3, 2, 0), 16)["training"]
     assert record["data"][0] == "data:lfw" and record["excluded_people_files"] == [
-        "data:lfw-protocol/peopleDevTest.txt", "benchmark_faces/manifest.txt"]
+        "data:lfw-protocol/peopleDevTest.txt", "benchmark_faces/manifest.txt",
+        "protocols/celeba-holdout-val-people.txt", "protocols/celeba-holdout-test-people.txt"]
     assert record["weights_file"] == "runs/tiny/r/tiny.weights.h5"
     assert not absolute_paths(record)
