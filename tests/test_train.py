@@ -200,41 +200,46 @@ def print_a_line_after_every_step() -> None:
 def one_step_on_two_replicas_and_on_one_device(faces: TrainingFaces, config: TrainConfig) -> dict:
     """One SGD step of make_train_step under the mirrored strategy, and the same step computed on one
     device from the same weights and the replicas' own batch shares: each replica mines triplets in
-    its share, the loss is the mean of the shares' losses and the gradient the mean of theirs."""
+    (or computes the margin-softmax loss of) its share, the loss is the mean of the shares' losses
+    and the gradient the mean of theirs."""
     import tensorflow as tf
 
     from utils.training.batching import PKSampler, training_dataset
-    from utils.training.loop import make_strategy, make_train_step
-    from utils.training.losses import get_loss
+    from utils.training.loop import make_strategy, make_train_step, trained_variables
+    from utils.training.losses import ClassCosines, get_loss
 
     sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed)
     mirrored, default = make_strategy("mirrored"), make_strategy("default")
-    models, optimizers = [], []
+    models, heads, optimizers = [], [], []
     for strategy in (mirrored, default):
         with strategy.scope():
             models.append(tiny_model())
+            heads.append(None if config.loss == "triplet" else ClassCosines(faces.num_identities))
+            if heads[-1] is not None:
+                heads[-1].build(models[-1].output_shape)
             optimizers.append(keras.optimizers.SGD(0.5))  # the update is the gradient, scaled
-            optimizers[-1].build(models[-1].trainable_variables)
+            optimizers[-1].build(trained_variables(models[-1], heads[-1]))
     mirrored_model, reference = models
     reference.set_weights(mirrored_model.get_weights())
-    before = [v.numpy() for v in reference.trainable_variables]
+    if heads[0] is not None:
+        heads[1].set_weights(heads[0].get_weights())
+    before = [v.numpy() for v in trained_variables(reference, heads[1])]
 
     batches = mirrored.distribute_datasets_from_function(
         lambda context: training_dataset(faces, sampler, 0, "mild", context))
     images, labels = next(iter(batches))
     shares = list(zip(mirrored.experimental_local_results(images), mirrored.experimental_local_results(labels),
                       strict=True))
-    loss = float(make_train_step(mirrored_model, optimizers[0], mirrored, config)(iter(batches))[0])
+    loss = float(make_train_step(mirrored_model, optimizers[0], mirrored, config, heads[0])(iter(batches))[0])
 
-    loss_fn = get_loss(config.mining)
+    loss_fn = get_loss(config, heads[1])
     with tf.GradientTape() as tape:
-        reference_loss = tf.add_n([loss_fn(y, reference(x, training=True), margin=config.margin,
-                                           soft_margin=config.soft_margin)[0]
-                                   for x, y in shares]) / len(shares)
-    grads = tape.gradient(reference_loss, reference.trainable_variables)
-    optimizers[1].apply_gradients(zip(grads, reference.trainable_variables, strict=True))
-    updates = [(m.numpy() - b, r.numpy() - b) for m, r, b in zip(mirrored_model.trainable_variables,
-                                                                 reference.trainable_variables, before, strict=True)]
+        reference_loss = tf.add_n([loss_fn(y, reference(x, training=True))[0] for x, y in shares]) / len(shares)
+    variables = trained_variables(reference, heads[1])
+    grads = tape.gradient(reference_loss, variables)
+    optimizers[1].apply_gradients(zip(grads, variables, strict=True))
+    updates = [(m.numpy() - b, r.numpy() - b) for m, r, b in zip(trained_variables(mirrored_model, heads[0]),
+                                                                 variables, before, strict=True)]
     return {"replicas": [y.numpy().tolist() for _, y in shares], "batch": faces.labels[sampler.batch(0)].tolist(),
             "cpus": len(tf.config.list_logical_devices("CPU")), "loss": loss, "reference_loss": float(reference_loss),
             "largest_update": max(float(np.abs(r).max()) for _, r in updates),

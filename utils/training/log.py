@@ -65,7 +65,7 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     hours = [row["wall_hours"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(hours, [row["loss"] for row in history], "o-")
-    ax_loss.set(xlabel="wall-clock hours", ylabel="triplet loss (epoch mean)", title="training loss")
+    ax_loss.set(xlabel="wall-clock hours", ylabel="loss (epoch mean)", title="training loss")
     for key, label, color in (("val_auc", "AUC (picks the kept weights)", "tab:blue"),
                               ("val_accuracy", "accuracy", "tab:green")):
         val = [(row["wall_hours"], row[key]) for row in history if key in row]

@@ -1,7 +1,8 @@
-"""Triplet training of a face-embedding model: settings, the step and the loop (train.py is the command line).
+"""Training of a face-embedding model: the step and the loop (train.py is the command line).
 
 One run = ``epochs`` x ``steps_per_epoch`` steps of P x K batches (utils.training.batching) with an
-online-mined triplet loss (utils.training.losses), Adam, a custom ``tf.function`` step under a
+online-mined triplet loss or a margin-softmax loss, CosFace or ArcFace, whose class weights train
+beside the model (utils.training.losses), Adam, a custom ``tf.function`` step under a
 ``tf.distribute`` strategy. After every epoch: LFW View 1 validation (or a given evaluator),
 the weights when validation AUC improves, their metadata (utils.training.metadata), a
 checkpoint (utils.training.checkpoints) and the CSV/TensorBoard/PNG logs (utils.training.log).
@@ -10,8 +11,8 @@ The batches are a pure function of (seed, step), so the step number is the data 
 whole position and a resumed run performs the same steps as an uninterrupted one.
 
 Stops (utils.training.stops): Ctrl-C / SIGTERM (checkpoint, then exit), a NaN loss (message;
-the last checkpoint is kept), a collapse (a batch's embeddings at almost one point with every
-triplet active, for ``collapse_patience`` steps in a row), and the time budget (validate,
+the last checkpoint is kept), a collapse (triplet loss: a batch's embeddings at almost one point
+with every triplet active, for ``collapse_patience`` steps in a row), and the time budget (validate,
 checkpoint, finish). Workers of a multi-worker run vote on the signal and budget stops after
 every step, so they all stop after the same one.
 """
@@ -40,7 +41,7 @@ from utils.training.checkpoints import (
 from utils.training.config import STRATEGIES, TrainConfig
 from utils.training.data import Evaluator, lfw_view1_evaluator, load_training_data
 from utils.training.log import TrainingLog
-from utils.training.losses import get_loss, pairwise_squared_distances
+from utils.training.losses import FIGURES, ClassCosines, get_loss, pairwise_squared_distances
 from utils.training.metadata import metadata_writer, training_record
 from utils.training.stops import CollapseDetector, StopSignals, make_stop_vote
 
@@ -118,9 +119,11 @@ def with_float32_output(model: keras.Model) -> keras.Model:
 
 
 def build_model_and_optimizer(config: TrainConfig, strategy: tf.distribute.Strategy,
-                              build_model: Callable[[], keras.Model]
-                              ) -> tuple[keras.Model, keras.optimizers.Optimizer]:
-    """The model (in the precision policy of the config) and a built Adam, under the strategy's scope."""
+                              build_model: Callable[[], keras.Model], num_identities: int
+                              ) -> tuple[keras.Model, ClassCosines | None, keras.optimizers.Optimizer]:
+    """The model (in the precision policy of the config), the class weights of a margin-softmax
+    loss (None for triplet; float32, training only) and a built Adam for both, under the strategy's
+    scope."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         previous_policy = keras.mixed_precision.global_policy()
@@ -130,30 +133,42 @@ def build_model_and_optimizer(config: TrainConfig, strategy: tf.distribute.Strat
             model = with_float32_output(build_model())
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
+        class_cosines = None
+        if config.loss != "triplet":
+            class_cosines = ClassCosines(num_identities, name="class_cosines")
+            class_cosines.build(model.output_shape)
         optimizer = keras.optimizers.Adam(config.lr)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)
-    return model, optimizer
+        optimizer.build(trained_variables(model, class_cosines))
+    return model, class_cosines, optimizer
+
+
+def trained_variables(model: keras.Model, class_cosines: ClassCosines | None) -> list:
+    """What the optimizer trains: the model's variables, then the class weights if any."""
+    return model.trainable_variables + (class_cosines.trainable_variables if class_cosines else [])
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                    strategy: tf.distribute.Strategy, config: TrainConfig) -> Callable:
-    """A tf.function running one step on every replica; returns mean (loss, active fraction, distance)."""
-    loss_fn = get_loss(config.mining)
+                    strategy: tf.distribute.Strategy, config: TrainConfig,
+                    class_cosines: ClassCosines | None = None) -> Callable:
+    """A tf.function running one step on every replica; returns the means of (loss, the loss's
+    figure (FIGURES), mean squared distance between the batch's embeddings)."""
+    loss_fn = get_loss(config, class_cosines)
+    variables = trained_variables(model, class_cosines)
     replicas = strategy.num_replicas_in_sync
 
     def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, ...]:
         with tf.GradientTape() as tape:
             embeddings = model(images, training=True)
-            loss, active = loss_fn(labels, embeddings, margin=config.margin, soft_margin=config.soft_margin)
+            loss, figure = loss_fn(labels, embeddings)
             # Gradients are summed over replicas, so each contributes its share of the mean.
             scaled = optimizer.scale_loss(loss / replicas)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
         d = pairwise_squared_distances(embeddings)
         n = tf.cast(tf.shape(d)[0], tf.float32)
-        return loss, active, tf.reduce_sum(d) / (n * (n - 1.0))
+        return loss, figure, tf.reduce_sum(d) / (n * (n - 1.0))
 
     @tf.function
     def step(iterator) -> list[tf.Tensor]:
@@ -167,15 +182,16 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
 def start_or_resume(config: TrainConfig, checkpoints: Checkpoints, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer, faces: TrainingFaces,
-                    log: Callable[[str], None]) -> TrainState:
-    """A fresh TrainState, or (--resume) the latest checkpoint's, loaded into model and optimizer."""
+                    log: Callable[[str], None], class_cosines: ClassCosines | None = None) -> TrainState:
+    """A fresh TrainState, or (--resume) the latest checkpoint's, loaded into model, class weights
+    and optimizer."""
     pool = f"{len(faces)} faces of {faces.num_identities} identities"
     if not config.resume:
         if checkpoints.latest() is not None:
             raise ResumeError(f"{config.checkpoint_dir} already holds a checkpoint; pass --resume to continue "
                               "it, or choose another --checkpoint-dir")
         return TrainState(pool=pool, pool_fingerprint=faces.fingerprint())
-    state = checkpoints.restore(model, optimizer, config)
+    state = checkpoints.restore(model, optimizer, config, class_cosines)
     if state.pool_fingerprint:
         same = state.pool_fingerprint == faces.fingerprint()
     else:
@@ -216,11 +232,11 @@ def close_epoch(state: TrainState, config: TrainConfig) -> dict[str, float]:
     n = max(state.epoch_steps, 1)
     row = {"epoch": round(state.step / config.steps_per_epoch, 3), "step": state.step,
            "images_seen": state.step * config.batch_size, "wall_hours": state.wall_seconds / 3600,
-           "loss": state.epoch_loss_sum / n, "active_fraction": state.epoch_active_sum / n,
+           "loss": state.epoch_loss_sum / n, FIGURES[config.loss]: state.epoch_figure_sum / n,
            "mean_distance": state.epoch_distance_sum / n,
            "lr": learning_rate(config, state.step, state.wall_seconds),
            "images_per_second": n * config.batch_size / max(state.epoch_train_seconds, 1e-9)}
-    state.epoch_loss_sum = state.epoch_active_sum = state.epoch_distance_sum = 0.0
+    state.epoch_loss_sum = state.epoch_figure_sum = state.epoch_distance_sum = 0.0
     state.epoch_train_seconds = 0.0
     state.epoch_steps = 0
     return row
@@ -242,21 +258,24 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
                             f"{config.image_size} px")
     strategy = strategy or make_strategy(config.strategy)
     chief = is_chief(strategy)
-    model, optimizer = build_model_and_optimizer(config, strategy, build_model)
+    model, class_cosines, optimizer = build_model_and_optimizer(config, strategy, build_model, faces.num_identities)
     checkpoints = Checkpoints(config.checkpoint_dir)
-    state = start_or_resume(config, checkpoints, model, optimizer, faces, log)
+    state = start_or_resume(config, checkpoints, model, optimizer, faces, log, class_cosines)
     if chief and config.resume and keep_best_of_history(state, checkpoints, config, log) and metadata is not None:
         metadata(training_record(config, state, faces, int(model.output_shape[-1])))
     sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed)
     iterator = iter(strategy.distribute_datasets_from_function(
         lambda context: training_dataset(faces, sampler, state.step, config.augmentation, context)))
-    train_step = make_train_step(model, optimizer, strategy, config)
+    train_step = make_train_step(model, optimizer, strategy, config, class_cosines)
+    figure = FIGURES[config.loss]
     vote = make_stop_vote(strategy)
     collapse = CollapseDetector(config.collapse_patience)
     budget = config.time_budget_hours * 3600 if config.time_budget_hours else math.inf
+    loss = (f"triplet loss, {config.mining} mining, margin {config.margin}" if config.loss == "triplet" else
+            f"{config.loss} loss, scale {config.scale}, margin {config.class_margin}")
     log(f"training {config.model} on {len(faces)} faces of {faces.num_identities} identities: "
-        f"{config.identities_per_batch} x {config.images_per_identity} batches, {config.mining} mining, "
-        f"margin {config.margin}, lr {config.lr} ({config.lr_schedule}), {strategy.num_replicas_in_sync} replica(s), "
+        f"{config.identities_per_batch} x {config.images_per_identity} batches, {loss}, "
+        f"lr {config.lr} ({config.lr_schedule}), {strategy.num_replicas_in_sync} replica(s), "
         f"steps {state.step} -> {config.total_steps}")
     run_start, wall_before = time.monotonic(), state.wall_seconds
 
@@ -277,10 +296,10 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
                 save_weights_atomic(model, config.weights_out)
             if metadata is not None:
                 metadata(training_record(config, state, faces, int(model.output_shape[-1])))
-            checkpoints.save(model, optimizer, state, config)
+            checkpoints.save(model, optimizer, state, config, class_cosines)
         logs.epoch(state.history)
         log(f"epoch {row['epoch']:g} (step {state.step}, {row['wall_hours'] * 60:.1f} min): "
-            f"loss {row['loss']:.4f}, active {row['active_fraction']:.3f}, "
+            f"loss {row['loss']:.4f}, {figure.replace('_', ' ')} {row[figure]:.3f}, "
             f"mean distance {row['mean_distance']:.3f}, {row['images_per_second']:.1f} images/s{view1_figures(row)}"
             + (" (best)" if improved else ""))
 
@@ -291,24 +310,23 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
         while state.step < config.total_steps:
             started = time.monotonic()
             optimizer.learning_rate = learning_rate(config, state.step, state.wall_seconds)
-            loss, active, distance = (float(x) for x in train_step(iterator))
+            loss, value, distance = (float(x) for x in train_step(iterator))
             if not np.isfinite(loss):
                 return TrainResult("nan", f"the loss became {loss} at step {state.step + 1}; the last checkpoint "
                                    f"({checkpoints.latest()}) is intact; try a lower --lr", state)
             state.step += 1
             state.epoch_loss_sum += loss
-            state.epoch_active_sum += active
+            state.epoch_figure_sum += value
             state.epoch_distance_sum += distance
             state.epoch_steps += 1
             state.epoch_train_seconds += time.monotonic() - started
             tick()
-            logs.scalars(state.step, {"train/loss": loss, "train/active_fraction": active,
-                                      "train/mean_distance": distance})
-            if collapse.update(distance, active):
+            logs.scalars(state.step, {"train/loss": loss, f"train/{figure}": value, "train/mean_distance": distance})
+            if config.loss == "triplet" and collapse.update(distance, value):
                 return TrainResult("collapsed", (
                     f"training collapsed at step {state.step}: for {collapse.count} steps every embedding of "
                     f"the batch sat at one point (mean squared distance {distance:.2g}) with "
-                    f"{active:.0%} of the triplets active, so the loss is stuck at the margin. Try "
+                    f"{value:.0%} of the triplets active, so the loss is stuck at the margin. Try "
                     "--mining semi-hard, a lower --lr, or more identities per batch; the last checkpoint "
                     f"({checkpoints.latest()}) is intact"), state)
             out_of_time, signalled = vote(state.wall_seconds >= budget, signals.received is not None)
@@ -321,7 +339,7 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
                                    f"at step {state.step}", state)
             if signalled:
                 if chief and not epoch_ends:
-                    checkpoints.save(model, optimizer, state, config)
+                    checkpoints.save(model, optimizer, state, config, class_cosines)
                 why = f"{signals.received} received" if signals.received else "another worker was signalled"
                 return TrainResult("interrupted", f"{why}: stopped at step {state.step}, checkpoint in "
                                    f"{checkpoints.latest()}; --resume continues", state)
