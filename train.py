@@ -75,6 +75,14 @@ def float_above(minimum: float, inclusive: bool = False) -> Callable[[str], floa
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    value = float_above(0.0, inclusive=True)(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"must be at most 1, got {text}")
+    return value
+
+
 def weights_file(text: str) -> Path:
     """An argparse type: a path ending in .weights.h5 (what Keras' save_weights writes)."""
     if not text.endswith(".weights.h5"):
@@ -156,10 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "faster on this machine's AVX512-BF16 cores); the L2 normalisation stays float32")
     # The keys of utils.training.batching.AUGMENTATIONS, spelled out so --help needs no TensorFlow
     # (a test keeps them equal).
-    p.add_argument("--augmentation", choices=["none", "mild", "strong"], default="mild",
+    p.add_argument("--augmentation", choices=["none", "mild", "strong", "pose"], default="mild",
                    help="mild (default): flips, small rotations, shifts, zooms, brightness and contrast; "
-                        "strong: larger ones, plus colour and greyscale, blur and an erased patch; none: the "
-                        "aligned faces as they are")
+                        "strong: larger ones, plus colour and greyscale, blur and an erased patch; pose: mild "
+                        "with larger rotations (20 degrees), zooms (20%%) and shifts (10%%); none: the aligned "
+                        "faces as they are")
+    p.add_argument("--lfw-share", type=fraction, metavar="F",
+                   help="draw round(F x P) of each batch's identities from LFW's and the rest from the other "
+                        "datasets' (default: all identities alike, so the share follows their numbers)")
+    p.add_argument("--weight-decay", type=float_above(0.0, inclusive=True), default=0.0, metavar="W",
+                   help="decoupled weight decay (AdamW): every step shrinks the weight matrices, not biases "
+                        "or batch-norm parameters, by lr x W (default 0: plain Adam)")
     p.add_argument("--no-validation", action="store_true",
                    help="skip LFW View 1 after each epoch (the latest weights are kept instead of the best)")
     p.add_argument("--collapse-patience", type=int_at_least(0), default=50,
@@ -189,7 +204,8 @@ def train(args: argparse.Namespace) -> int:
         class_margin=args.class_margin, lr=args.lr, lr_schedule=args.lr_schedule,
         image_size=args.image_size, seed=args.seed,
         time_budget_hours=args.time_budget, strategy=args.strategy, mixed_precision=args.mixed_precision,
-        augmentation=args.augmentation, min_images=args.min_images,
+        augmentation=args.augmentation, lfw_share=args.lfw_share, weight_decay=args.weight_decay,
+        min_images=args.min_images,
         exclude_people=default_exclusions() + [str(Path(f).resolve()) for f in args.exclude_people],
         collapse_patience=args.collapse_patience, resume=args.resume)
     try:

@@ -599,6 +599,15 @@ def test_view1_evaluator_scores_a_model_on_the_dev_pairs(shared_data):
 
 # --- the command line ----------------------------------------------------------------------------
 
+def celeba_tree(tree: Path, shared_data: Path, people: int, images: int) -> Path:
+    """A folder-per-identity tree of links to the first images of the first celeba-subset people."""
+    for person in sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir())[:people]:
+        (tree / person.name).mkdir(parents=True)
+        for image in sorted(person.glob("*.jpg"))[:images]:
+            (tree / person.name / image.name).symlink_to(image)
+    return tree
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
@@ -626,12 +635,7 @@ def test_cli_reports_a_tensorflow_failure_without_a_traceback(tmp_path, monkeypa
 
 def test_cli_trains_a_registry_model_on_a_folder_tree(tmp_path, shared_data):
     """python train.py on 6 celeba-subset identities (aligned on the fly): weights and metadata appear."""
-    tree = tmp_path / "faces"
-    people = sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir())[:6]
-    for person in people:
-        (tree / person.name).mkdir(parents=True)
-        for image in sorted(person.glob("*.jpg"))[:3]:
-            (tree / person.name / image.name).symlink_to(image)
+    tree = celeba_tree(tmp_path / "faces", shared_data, people=6, images=3)
     out = tmp_path / "out" / "ang.weights.h5"
     done = run_cli("--model", "ang", "--data", str(tree), "--epochs", "1", "--steps-per-epoch", "2",
                    "--batch-identities", "4", "--images-per-identity", "2", "--no-validation",
@@ -667,11 +671,7 @@ def test_cli_validates_arguments_and_output_folders_before_loading_data(tmp_path
 
 
 def test_cli_ctrl_c_while_loading_data_exits_130_without_a_traceback(tmp_path, shared_data):
-    tree = tmp_path / "faces"
-    for person in sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir())[:4]:
-        (tree / person.name).mkdir(parents=True)
-        for image in sorted(person.glob("*.jpg"))[:3]:
-            (tree / person.name / image.name).symlink_to(image)
+    tree = celeba_tree(tmp_path / "faces", shared_data, people=4, images=3)
     cli = Child([sys.executable, "train.py", "--model", "ang", "--data", str(tree), "--no-validation",
                  "--checkpoint-dir", str(tmp_path / "ckpt"), "--log-dir", str(tmp_path / "logs"),
                  "--weights-out", str(tmp_path / "ang.weights.h5")], env={"FACE_CACHE_DIR": str(tmp_path / "cache")})

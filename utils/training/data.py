@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from utils.atomic import write_text_atomic
 from utils.datasets.folders import DatasetError
 from utils.datasets.lfw import parse_people
@@ -121,7 +123,21 @@ def view1_evaluator(lfw: AlignedFaces) -> Evaluator:
     return evaluate
 
 
+def lfw_source(loaded: dict[str, AlignedFaces]) -> str | None:
+    """The name (identity namespace) of the training source that is LFW, if one is."""
+    return next((name for name, v in loaded.items() if Path(v.root).resolve() == lfw_dir().resolve()), None)
+
+
+def lfw_labels(faces: TrainingFaces, loaded: dict[str, AlignedFaces]) -> np.ndarray:
+    """The labels of the pooled identities that come from LFW (train.py --lfw-share); DatasetError
+    when no training source is LFW."""
+    name = lfw_source(loaded)
+    if name is None:
+        raise DatasetError("--lfw-share: no --data entry is LFW (" + str(lfw_dir()) + ")")
+    return np.array([label for label, pooled in enumerate(faces.names) if pooled.startswith(f"{name}/")], np.int64)
+
+
 def lfw_view1_evaluator(loaded: dict[str, AlignedFaces], image_size: int) -> Evaluator:
     """view1_evaluator on LFW: the training source that is LFW when there is one, else its cache."""
-    lfw = next((v for v in loaded.values() if Path(v.root).resolve() == lfw_dir().resolve()), None)
+    lfw = loaded.get(lfw_source(loaded))
     return view1_evaluator(lfw if lfw is not None else load_or_build(lfw_dir(), output_size=image_size))

@@ -39,7 +39,7 @@ from utils.training.checkpoints import (
     save_weights_atomic,
 )
 from utils.training.config import STRATEGIES, TrainConfig
-from utils.training.data import Evaluator, lfw_view1_evaluator, load_training_data
+from utils.training.data import Evaluator, lfw_labels, lfw_view1_evaluator, load_training_data
 from utils.training.log import TrainingLog
 from utils.training.losses import FIGURES, ClassCosines, get_loss, pairwise_squared_distances
 from utils.training.metadata import metadata_writer, training_record
@@ -137,11 +137,25 @@ def build_model_and_optimizer(config: TrainConfig, strategy: tf.distribute.Strat
         if config.loss != "triplet":
             class_cosines = ClassCosines(num_identities, name="class_cosines")
             class_cosines.build(model.output_shape)
-        optimizer = keras.optimizers.Adam(config.lr)
+        variables = trained_variables(model, class_cosines)
+        optimizer = make_optimizer(config, variables)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(trained_variables(model, class_cosines))
+        optimizer.build(variables)
     return model, class_cosines, optimizer
+
+
+def make_optimizer(config: TrainConfig, variables: list) -> keras.optimizers.Optimizer:
+    """Adam; with weight decay AdamW (Loshchilov & Hutter 2019): with Adam, an L2 term's gradient is
+    divided by the same running scale as the loss's, so weights with large gradients are barely
+    decayed; AdamW shrinks every matrix by lr x weight_decay per step whatever its gradients
+    (following the learning-rate schedule). Biases and batch-norm scales and offsets (the 1-D
+    variables) are not decayed."""
+    if not config.weight_decay:
+        return keras.optimizers.Adam(config.lr)
+    optimizer = keras.optimizers.AdamW(config.lr, weight_decay=config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_list=[v for v in variables if len(v.shape) <= 1])
+    return optimizer
 
 
 def trained_variables(model: keras.Model, class_cosines: ClassCosines | None) -> list:
@@ -244,14 +258,16 @@ def close_epoch(state: TrainState, config: TrainConfig) -> dict[str, float]:
 
 def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], keras.Model],
         evaluate: Evaluator | None = None, metadata: Callable[[dict], None] | None = None,
-        log: Callable[[str], None] = print, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+        log: Callable[[str], None] = print, strategy: tf.distribute.Strategy | None = None,
+        lfw_labels: np.ndarray | None = None) -> TrainResult:
     """Train ``build_model()`` on ``faces``; see the module docstring for what each epoch writes.
 
     ``evaluate(model)`` returns validation figures (``auc`` selects the best weights; all are
     logged with a ``val_`` prefix); without it the latest weights count as the best.
     ``metadata(record)`` is called after every epoch with the record of the saved weights and
     the run (utils.training.metadata.training_record). ``strategy`` defaults to
-    ``make_strategy(config.strategy)``.
+    ``make_strategy(config.strategy)``. ``lfw_labels`` (the LFW identities) are needed with
+    ``config.lfw_share``: that share of every batch's identities is drawn from them.
     """
     if faces.image_size != config.image_size:
         raise TrainingError(f"the training faces are {faces.image_size} px, the model takes "
@@ -263,7 +279,10 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
     state = start_or_resume(config, checkpoints, model, optimizer, faces, log, class_cosines)
     if chief and config.resume and keep_best_of_history(state, checkpoints, config, log) and metadata is not None:
         metadata(training_record(config, state, faces, int(model.output_shape[-1])))
-    sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed)
+    if config.lfw_share is not None and lfw_labels is None:
+        raise TrainingError("lfw_share needs the labels of the LFW identities")
+    sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed,
+                        group=lfw_labels, group_share=config.lfw_share)
     iterator = iter(strategy.distribute_datasets_from_function(
         lambda context: training_dataset(faces, sampler, state.step, config.augmentation, context)))
     train_step = make_train_step(model, optimizer, strategy, config, class_cosines)
@@ -271,11 +290,16 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
     vote = make_stop_vote(strategy)
     collapse = CollapseDetector(config.collapse_patience)
     budget = config.time_budget_hours * 3600 if config.time_budget_hours else math.inf
-    loss = (f"triplet loss, {config.mining} mining, margin {config.margin}" if config.loss == "triplet" else
-            f"{config.loss} loss, scale {config.scale}, margin {config.class_margin}")
+    settings = [f"{config.identities_per_batch} x {config.images_per_identity} batches",
+                f"triplet loss, {config.mining} mining, margin {config.margin}" if config.loss == "triplet" else
+                f"{config.loss} loss, scale {config.scale}, margin {config.class_margin}",
+                f"lr {config.lr} ({config.lr_schedule})", f"{config.augmentation} augmentation"]
+    if config.weight_decay:
+        settings.append(f"weight decay {config.weight_decay}")
+    if config.lfw_share is not None:
+        settings.append(f"LFW share {config.lfw_share}")
     log(f"training {config.model} on {len(faces)} faces of {faces.num_identities} identities: "
-        f"{config.identities_per_batch} x {config.images_per_identity} batches, {loss}, "
-        f"lr {config.lr} ({config.lr_schedule}), {strategy.num_replicas_in_sync} replica(s), "
+        f"{', '.join(settings)}, {strategy.num_replicas_in_sync} replica(s), "
         f"steps {state.step} -> {config.total_steps}")
     run_start, wall_before = time.monotonic(), state.wall_seconds
 
@@ -366,12 +390,13 @@ def run(config: TrainConfig, validation: bool = True, build_model: Callable[[], 
     faces, loaded = load_training_data(config.data, config.image_size, config.exclude_people,
                                        config.min_images, log)
     evaluate = lfw_view1_evaluator(loaded, config.image_size) if validation else None
+    lfw = lfw_labels(faces, loaded) if config.lfw_share is not None else None
     if build_model is None:
         from models import get_model
 
         def build_model() -> keras.Model:
             return get_model(config.model, input_size=config.image_size)
-    result = fit(config, faces, build_model, evaluate, metadata_writer(config), log, strategy)
+    result = fit(config, faces, build_model, evaluate, metadata_writer(config), log, strategy, lfw)
     log(result.message)
     if result.state.best:
         best = result.state.best

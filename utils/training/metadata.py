@@ -59,11 +59,12 @@ def training_record(config: TrainConfig, state: TrainState, faces: TrainingFaces
             "hardware": hardware_description(), "data": config.data,
             "excluded_people_files": config.exclude_people,
             "identities": faces.num_identities, "images": len(faces),
-            **loss_settings(config), "lr": config.lr, "lr_schedule": config.lr_schedule, "optimizer": "adam",
+            **loss_settings(config), "lr": config.lr, "lr_schedule": config.lr_schedule,
+            "optimizer": "adamw" if config.weight_decay else "adam", "weight_decay": config.weight_decay,
             "identities_per_batch": config.identities_per_batch,
             "images_per_identity": config.images_per_identity, "seed": config.seed,
             "strategy": config.strategy, "mixed_precision": config.mixed_precision,
-            "augmentation": config.augmentation,
+            "augmentation": config.augmentation, "lfw_share": config.lfw_share,
         },
     }
 
