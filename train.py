@@ -1,4 +1,5 @@
-"""Train a face-embedding network from scratch with an online-mined triplet loss.
+"""Train a face-embedding network from scratch with an online-mined triplet loss (default) or a
+margin-softmax loss over the training identities (--loss cosface or arcface).
 
     python train.py --model ang --time-budget 2
 
@@ -27,9 +28,10 @@ first of two machines
                 "task": {"type": "worker", "index": 0}}' python train.py --model nn2 --strategy multiworker
 
 and ``"index": 1`` on the second. The global batch (P x K) is split by whole identities over
-all replicas (P must divide evenly); each replica mines triplets within its own share. Every
-machine needs the training data and the LFW cache; worker 0 writes the checkpoints, logs and
-weights, so give --checkpoint-dir on a shared file system if you want to --resume.
+all replicas (P must divide evenly); each replica mines triplets within its own share (or
+computes the margin-softmax loss of its share). Every machine needs the training data and the
+LFW cache; worker 0 writes the checkpoints, logs and weights, so give --checkpoint-dir on a
+shared file system if you want to --resume.
 """
 from __future__ import annotations
 
@@ -84,6 +86,14 @@ def float_above(minimum: float, inclusive: bool = False) -> Callable[[str], floa
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    value = float_above(0.0, inclusive=True)(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"must be at most 1, got {text}")
+    return value
+
+
 def weights_file(text: str) -> Path:
     """An argparse type: a path ending in .weights.h5 (what Keras' save_weights writes)."""
     if not text.endswith(".weights.h5"):
@@ -98,7 +108,7 @@ def shown(path: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from models import TRAINABLE_MODEL_NAMES
-    from utils.training.config import LR_SCHEDULES, MINING_NAMES, STRATEGIES
+    from utils.training.config import LOSSES, LR_SCHEDULES, MINING_NAMES, PUBLISHED_SCALE_AND_MARGIN, STRATEGIES
     from utils.training.data import default_data, default_exclusions
 
     p = argparse.ArgumentParser(prog="python train.py", description=__doc__, epilog=EPILOG,
@@ -119,12 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="identities per batch, at least 2 (default 32)")
     p.add_argument("--images-per-identity", type=int_at_least(2), default=4, metavar="K",
                    help="images per identity, at least 2 (default 4)")
-    p.add_argument("--margin", type=float_above(0.0, inclusive=True), default=0.2,
+    cosface, arcface = PUBLISHED_SCALE_AND_MARGIN["cosface"], PUBLISHED_SCALE_AND_MARGIN["arcface"]
+    p.add_argument("--loss", choices=LOSSES, default="triplet",
+                   help="triplet (default): online-mined triplets in each batch (--mining, --margin, "
+                        "--soft-margin); cosface: softmax over the training identities with logits "
+                        "s (cos(theta_y) - m) for the own identity (Wang et al. 2018); arcface: the same with "
+                        "s cos(theta_y + m) (Deng et al. 2019). The softmax losses train class weights, one "
+                        "vector per identity, beside the model; only the model is kept")
+    p.add_argument("--margin", type=float_above(0.0, inclusive=True),
                    help="triplet margin on squared L2 distances (default 0.2)")
-    p.add_argument("--mining", choices=MINING_NAMES, default="semi-hard",
-                   help="semi-hard (FaceNet; default: it learns from scratch where batch-hard collapsed), "
-                        "batch-hard (Hermans et al.) or all (every active triplet)")
-    p.add_argument("--soft-margin", action="store_true", help="softplus(d_ap - d_an) instead of the hinge")
+    p.add_argument("--mining", choices=MINING_NAMES,
+                   help="triplet mining: semi-hard (FaceNet; default: it learns from scratch where batch-hard "
+                        "collapsed), batch-hard (Hermans et al.) or all (every active triplet)")
+    p.add_argument("--soft-margin", action="store_true",
+                   help="triplet: softplus(d_ap - d_an) instead of the hinge")
+    p.add_argument("--scale", type=float_above(0.0), metavar="S",
+                   help=f"cosface/arcface: the scale s of the logits (default, as published: cosface {cosface[0]:g}, "
+                        f"arcface {arcface[0]:g})")
+    p.add_argument("--class-margin", type=float_above(0.0, inclusive=True), metavar="M",
+                   help=f"cosface: the cosine margin m (default {cosface[1]:g}); arcface: the angular margin m "
+                        f"in radians (default {arcface[1]:g})")
     p.add_argument("--lr", type=float_above(0.0), default=1e-3,
                    help="Adam's (initial) learning rate (default 1e-3)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
@@ -159,10 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "faster on this machine's AVX512-BF16 cores); the L2 normalisation stays float32")
     # The keys of utils.training.batching.AUGMENTATIONS, spelled out so --help needs no TensorFlow
     # (a test keeps them equal).
-    p.add_argument("--augmentation", choices=["none", "mild", "strong"], default="mild",
+    p.add_argument("--augmentation", choices=["none", "mild", "strong", "pose"], default="mild",
                    help="mild (default): flips, small rotations, shifts, zooms, brightness and contrast; "
-                        "strong: larger ones, plus colour and greyscale, blur and an erased patch; none: the "
-                        "aligned faces as they are")
+                        "strong: larger ones, plus colour and greyscale, blur and an erased patch; pose: mild "
+                        "with larger rotations (20 degrees), zooms (20%%) and shifts (10%%); none: the aligned "
+                        "faces as they are")
+    p.add_argument("--lfw-share", type=fraction, metavar="F",
+                   help="draw round(F x P) of each batch's identities from LFW's and the rest from the other "
+                        "datasets' (default: all identities alike, so the share follows their numbers)")
+    p.add_argument("--weight-decay", type=float_above(0.0, inclusive=True), default=0.0, metavar="W",
+                   help="decoupled weight decay (AdamW): every step shrinks the weight matrices, not biases "
+                        "or batch-norm parameters, by lr x W (default 0: plain Adam)")
     p.add_argument("--no-validation", action="store_true",
                    help="skip the validation after each epoch (LFW View 1, CelebA hold-out validation half); "
                         "the latest weights are kept instead of the best")
@@ -197,11 +228,14 @@ def train(args: argparse.Namespace) -> int:
         checkpoint_dir=str(folders.checkpoint_dir), log_dir=str(folders.log_dir),
         weights_out=str(folders.weights_out),
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, identities_per_batch=args.batch_identities,
-        images_per_identity=args.images_per_identity, margin=args.margin, mining=args.mining,
-        soft_margin=args.soft_margin, lr=args.lr, lr_schedule=args.lr_schedule,
+        images_per_identity=args.images_per_identity, loss=args.loss,
+        margin=TrainConfig.margin if args.margin is None else args.margin,
+        mining=args.mining or TrainConfig.mining, soft_margin=args.soft_margin, scale=args.scale,
+        class_margin=args.class_margin, lr=args.lr, lr_schedule=args.lr_schedule,
         image_size=args.image_size, seed=args.seed,
         time_budget_hours=args.time_budget, strategy=args.strategy, mixed_precision=args.mixed_precision,
-        augmentation=args.augmentation, min_images=args.min_images,
+        augmentation=args.augmentation, lfw_share=args.lfw_share, weight_decay=args.weight_decay,
+        min_images=args.min_images,
         exclude_people=default_exclusions() + [str(Path(f).resolve()) for f in args.exclude_people],
         collapse_patience=args.collapse_patience, resume=args.resume is not None)
     print(f"run folder: {folders.run_dir}")
@@ -246,12 +280,25 @@ def publish(run_dir: Path) -> int:
     return 0
 
 
+def check_loss_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error when an option of the triplet loss is given for a softmax loss or
+    the other way round."""
+    given = {"--margin": args.margin is not None, "--mining": args.mining is not None,
+             "--soft-margin": args.soft_margin, "--scale": args.scale is not None,
+             "--class-margin": args.class_margin is not None}
+    applies = ("--scale", "--class-margin") if args.loss != "triplet" else ("--margin", "--mining", "--soft-margin")
+    misplaced = [name for name, present in given.items() if present and name not in applies]
+    if misplaced:
+        parser.error(f"{', '.join(misplaced)}: not an option of --loss {args.loss}")
+
+
 def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.publish is None and args.model is None:
         parser.error("the following arguments are required: --model (or --publish RUN_DIR)")
+    check_loss_options(parser, args)
     try:
         return publish(args.publish) if args.publish is not None else train(args)
     except KeyboardInterrupt:  # the training steps catch both signals themselves and checkpoint

@@ -210,3 +210,48 @@ def test_training_dataset_rejects_an_unknown_augmentation():
     pool = uneven_pool()
     with pytest.raises(ValueError, match="unknown augmentation"):
         training_dataset(pool, PKSampler(pool.labels, 4, 2), augmentation="heavy")
+
+
+def test_a_group_gets_its_share_of_every_batch_in_passes_of_its_own():
+    pool = uneven_pool(identities=13)
+    group = np.arange(5)  # e.g. the LFW identities
+    sampler = PKSampler(pool.labels, 4, 2, seed=3, group=group, group_share=0.5)
+    batches = [pool.labels[sampler.batch(step)] for step in range(10)]
+    firsts = []
+    for labels in batches:
+        identities = labels[::2]
+        assert all(Counter(labels.tolist())[i] == 2 for i in identities) and len(set(identities)) == 4
+        assert np.isin(identities, group).sum() == 2  # round(0.5 * 4)
+        firsts.append(identities[0] in group)
+    assert 0 < sum(firsts) < 10  # the group's identities are shuffled among the others
+    # The group's 5 identities: passes of 2 batches (2 places each) visit 4 of them, all different.
+    for first in (0, 2, 4):
+        seen = [i for labels in batches[first:first + 2] for i in labels[::2] if i in group]
+        assert len(set(seen)) == 4
+    again = PKSampler(pool.labels, 4, 2, seed=3, group=group, group_share=0.5)  # a pure function of (seed, step)
+    assert [again.batch(s).tolist() for s in reversed(range(10))][::-1] == [sampler.batch(s).tolist()
+                                                                            for s in range(10)]
+    only_others = PKSampler(pool.labels, 4, 2, seed=3, group=group, group_share=0.1)  # round(0.4) = 0
+    assert not any(np.isin(pool.labels[only_others.batch(s)], group).any() for s in range(6))
+    only_group = PKSampler(pool.labels, 4, 2, seed=3, group=group, group_share=1.0)
+    assert all(np.isin(pool.labels[only_group.batch(s)], group).all() for s in range(6))
+    with pytest.raises(ValueError, match="4 of the 4 identities per batch should come from the identities in the "
+                                         "group, but there are only 3"):
+        PKSampler(pool.labels, 4, 2, group=np.arange(3), group_share=1.0)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        PKSampler(pool.labels, 4, 2, group=group, group_share=1.5)
+
+
+def test_pose_augmentation_moves_and_turns_faces_further_than_mild():
+    # A white square above the centre, on the vertical axis (a flip leaves it in place).
+    image = np.zeros((48, 48, 3), np.float32)
+    image[10:18, 20:28] = 1.0
+    images = tf.constant(np.repeat(image[None], 300, axis=0))
+    spreads = {}
+    for preset in ("mild", "pose"):
+        out = augment(images, tf.constant([5, 6], tf.int64), preset).numpy().mean(axis=3) > 0.5
+        y, x = np.mgrid[0:48, 0:48]
+        centres = np.stack([(out * y).sum(axis=(1, 2)) / out.sum(axis=(1, 2)),
+                            (out * x).sum(axis=(1, 2)) / out.sum(axis=(1, 2))], axis=1)
+        spreads[preset] = centres.std(axis=0)
+    assert (spreads["pose"] > 1.8 * spreads["mild"]).all()

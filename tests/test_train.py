@@ -201,41 +201,46 @@ def print_a_line_after_every_step() -> None:
 def one_step_on_two_replicas_and_on_one_device(faces: TrainingFaces, config: TrainConfig) -> dict:
     """One SGD step of make_train_step under the mirrored strategy, and the same step computed on one
     device from the same weights and the replicas' own batch shares: each replica mines triplets in
-    its share, the loss is the mean of the shares' losses and the gradient the mean of theirs."""
+    (or computes the margin-softmax loss of) its share, the loss is the mean of the shares' losses
+    and the gradient the mean of theirs."""
     import tensorflow as tf
 
     from utils.training.batching import PKSampler, training_dataset
-    from utils.training.loop import make_strategy, make_train_step
-    from utils.training.losses import get_loss
+    from utils.training.loop import make_strategy, make_train_step, trained_variables
+    from utils.training.losses import ClassCosines, get_loss
 
     sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed)
     mirrored, default = make_strategy("mirrored"), make_strategy("default")
-    models, optimizers = [], []
+    models, heads, optimizers = [], [], []
     for strategy in (mirrored, default):
         with strategy.scope():
             models.append(tiny_model())
+            heads.append(None if config.loss == "triplet" else ClassCosines(faces.num_identities))
+            if heads[-1] is not None:
+                heads[-1].build(models[-1].output_shape)
             optimizers.append(keras.optimizers.SGD(0.5))  # the update is the gradient, scaled
-            optimizers[-1].build(models[-1].trainable_variables)
+            optimizers[-1].build(trained_variables(models[-1], heads[-1]))
     mirrored_model, reference = models
     reference.set_weights(mirrored_model.get_weights())
-    before = [v.numpy() for v in reference.trainable_variables]
+    if heads[0] is not None:
+        heads[1].set_weights(heads[0].get_weights())
+    before = [v.numpy() for v in trained_variables(reference, heads[1])]
 
     batches = mirrored.distribute_datasets_from_function(
         lambda context: training_dataset(faces, sampler, 0, "mild", context))
     images, labels = next(iter(batches))
     shares = list(zip(mirrored.experimental_local_results(images), mirrored.experimental_local_results(labels),
                       strict=True))
-    loss = float(make_train_step(mirrored_model, optimizers[0], mirrored, config)(iter(batches))[0])
+    loss = float(make_train_step(mirrored_model, optimizers[0], mirrored, config, heads[0])(iter(batches))[0])
 
-    loss_fn = get_loss(config.mining)
+    loss_fn = get_loss(config, heads[1])
     with tf.GradientTape() as tape:
-        reference_loss = tf.add_n([loss_fn(y, reference(x, training=True), margin=config.margin,
-                                           soft_margin=config.soft_margin)[0]
-                                   for x, y in shares]) / len(shares)
-    grads = tape.gradient(reference_loss, reference.trainable_variables)
-    optimizers[1].apply_gradients(zip(grads, reference.trainable_variables, strict=True))
-    updates = [(m.numpy() - b, r.numpy() - b) for m, r, b in zip(mirrored_model.trainable_variables,
-                                                                 reference.trainable_variables, before, strict=True)]
+        reference_loss = tf.add_n([loss_fn(y, reference(x, training=True))[0] for x, y in shares]) / len(shares)
+    variables = trained_variables(reference, heads[1])
+    grads = tape.gradient(reference_loss, variables)
+    optimizers[1].apply_gradients(zip(grads, variables, strict=True))
+    updates = [(m.numpy() - b, r.numpy() - b) for m, r, b in zip(trained_variables(mirrored_model, heads[0]),
+                                                                 variables, before, strict=True)]
     return {"replicas": [y.numpy().tolist() for _, y in shares], "batch": faces.labels[sampler.batch(0)].tolist(),
             "cpus": len(tf.config.list_logical_devices("CPU")), "loss": loss, "reference_loss": float(reference_loss),
             "largest_update": max(float(np.abs(r).max()) for _, r in updates),
@@ -707,6 +712,15 @@ def test_validation_scores_lfw_view1_and_the_celeba_validation_half_only(shared_
 
 # --- the command line ----------------------------------------------------------------------------
 
+def celeba_tree(tree: Path, shared_data: Path, people: int, images: int) -> Path:
+    """A folder-per-identity tree of links to the first images of the first celeba-subset people."""
+    for person in sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir())[:people]:
+        (tree / person.name).mkdir(parents=True)
+        for image in sorted(person.glob("*.jpg"))[:images]:
+            (tree / person.name / image.name).symlink_to(image)
+    return tree
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
@@ -742,12 +756,7 @@ def test_cli_trains_a_registry_model_into_its_own_run_folder(tmp_path, shared_da
     def published() -> str:
         return hashlib.sha256(weights_path("ang").read_bytes()).hexdigest() if weights_path("ang").exists() else ""
 
-    tree = tmp_path / "faces"
-    people = sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir())[:6]
-    for person in people:
-        (tree / person.name).mkdir(parents=True)
-        for image in sorted(person.glob("*.jpg"))[:3]:
-            (tree / person.name / image.name).symlink_to(image)
+    tree = celeba_tree(tmp_path / "faces", shared_data, people=6, images=3)
     before = published()
     env = {"FACE_CACHE_DIR": str(tmp_path / "cache"), "FACE_RUNS_DIR": str(tmp_path / "runs")}
     settings = ("--model", "ang", "--data", str(tree), "--epochs", "1", "--steps-per-epoch", "2",
@@ -787,11 +796,7 @@ def test_cli_validates_arguments_and_output_folders_before_loading_data(tmp_path
 
 
 def test_cli_ctrl_c_while_loading_data_exits_130_without_a_traceback(tmp_path, shared_data, ctrl_c_delivered):
-    tree = tmp_path / "faces"
-    for person in sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir())[:4]:
-        (tree / person.name).mkdir(parents=True)
-        for image in sorted(person.glob("*.jpg"))[:3]:
-            (tree / person.name / image.name).symlink_to(image)
+    tree = celeba_tree(tmp_path / "faces", shared_data, people=4, images=3)
     cli = Child([sys.executable, "train.py", "--model", "ang", "--data", str(tree), "--no-validation",
                  "--checkpoint-dir", str(tmp_path / "ckpt"), "--log-dir", str(tmp_path / "logs"),
                  "--weights-out", str(tmp_path / "ang.weights.h5")], env={"FACE_CACHE_DIR": str(tmp_path / "cache")})

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils.training.losses import batch_all_loss, batch_hard_loss, get_loss, pairwise_squared_distances, semi_hard_loss
+from utils.training.losses import (
+    batch_all_loss,
+    batch_hard_loss,
+    pairwise_squared_distances,
+    semi_hard_loss,
+    triplet_loss,
+)
 
 MARGIN = 0.2
 
@@ -72,7 +78,7 @@ def _batch(seed: int, with_singletons: bool) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("with_singletons", [False, True])
 def test_losses_equal_numpy_reference(mode, soft, seed, with_singletons):
     labels, e = _batch(seed, with_singletons)
-    loss, active = get_loss(mode)(tf.constant(labels), tf.constant(e), margin=MARGIN, soft_margin=soft)
+    loss, active = triplet_loss(mode)(tf.constant(labels), tf.constant(e), margin=MARGIN, soft_margin=soft)
     ref_loss, ref_active = reference(labels, e, mode, soft)
     assert float(loss) == pytest.approx(ref_loss, rel=1e-4, abs=1e-5)
     assert float(active) == pytest.approx(ref_active, abs=1e-6)
@@ -125,7 +131,7 @@ def test_gradients_are_finite_with_singletons_and_one_identity(loss_fn, soft):
 def test_one_identity_batch_has_no_triplets():
     labels, e = _batch(3, False)
     for mode in ("semi-hard", "batch-hard", "all"):
-        loss, active = get_loss(mode)(tf.constant(np.zeros_like(labels)), tf.constant(e))
+        loss, active = triplet_loss(mode)(tf.constant(np.zeros_like(labels)), tf.constant(e))
         assert float(loss) == 0.0 and float(active) == 0.0
 
 
@@ -139,7 +145,7 @@ def test_float16_embeddings_give_float32_loss():
 
 def test_unknown_mining_is_a_clear_error():
     with pytest.raises(ValueError, match="semi-hard"):
-        get_loss("hardest")
+        triplet_loss("hardest")
 
 
 def test_train_offers_exactly_the_mining_rules():

@@ -8,9 +8,12 @@ would have seen, with nothing to save but the step number.
 Sampling. The identities are visited in passes (the sampler's epochs; a training epoch is a
 fixed number of steps instead): each pass is a fresh shuffle of all identities (drawn from
 ``(seed, pass)``), cut into consecutive groups of P; the P x K batches of one pass hold every
-identity once (the ``len % P`` left over at the end of a pass differ
-from pass to pass). Of each identity K different images are drawn; an identity with fewer
-than K images contributes all of them, in random order, and the rest are drawn again with
+identity once (the ``len % P`` left over at the end of a pass differ from pass to pass). With a
+favoured group of identities and its share F (train.py --lfw-share: the LFW identities),
+round(F P) places of every batch go to the group and the rest to the other identities, each
+part visited in passes of its own as above, and the P identities are shuffled together (so that
+replicas get mixed shares). Of each identity K different images are drawn; an identity with
+fewer than K images contributes all of them, in random order, and the rest are drawn again with
 replacement (augmentation makes the repeats differ). Identities with fewer than
 ``min_images`` (default 2) images are left out: they can form no positive pair.
 
@@ -21,7 +24,8 @@ The pipeline: a generator yields one index array per batch (NumPy, per batch, no
 image), then one vectorised TF function gathers the uint8 faces from the in-memory array,
 converts them to float32 in [0, 1] and augments them (mild: horizontal flip, small rotation,
 scale and shift, brightness and contrast; strong: larger ones, plus colour, blur and an erased
-patch) with stateless random ops seeded by ``(seed, step, replica)``, then prefetches.
+patch; pose: mild with larger rotation, scale and shift) with stateless random ops seeded by
+``(seed, step, replica)``, then prefetches.
 """
 from __future__ import annotations
 
@@ -57,6 +61,9 @@ AUGMENTATIONS = {
     "mild": Augmentation(rotation_degrees=8.0, scale=0.06, shift=0.04, brightness=0.08, contrast=0.15),
     "strong": Augmentation(rotation_degrees=12.0, scale=0.10, shift=0.06, brightness=0.15, contrast=0.3,
                            saturation=0.4, greyscale=0.15, low_resolution=0.25, erase=0.25),
+    # Mild's photometric changes with larger head turns, zooms and shifts (faces beyond LFW are
+    # less well aligned and framed).
+    "pose": Augmentation(rotation_degrees=20.0, scale=0.20, shift=0.10, brightness=0.08, contrast=0.15),
 }
 LOW_RESOLUTION = (0.35, 0.75)   # side of the shrunken face, as a fraction, one draw per batch
 ERASE_AREA = (0.03, 0.15)       # area of an erased rectangle, as a fraction of the face
@@ -131,10 +138,12 @@ def pool_datasets(datasets: Mapping[str, AlignedFaces], exclude: Iterable[str] =
 
 
 class PKSampler:
-    """Row indices of the P x K batch of any step, a pure function of (seed, step)."""
+    """Row indices of the P x K batch of any step, a pure function of (seed, step); with ``group``
+    (identity labels) and ``group_share``, round(group_share * P) of every batch's identities come
+    from the group and the rest from the other identities."""
 
     def __init__(self, labels: np.ndarray, identities_per_batch: int, images_per_identity: int,
-                 seed: int = 0):
+                 seed: int = 0, group: np.ndarray | None = None, group_share: float | None = None):
         labels = np.asarray(labels)
         self.rows = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
         if any(len(r) == 0 for r in self.rows):
@@ -146,8 +155,24 @@ class PKSampler:
             raise ValueError(f"{identities_per_batch} identities per batch but only {len(self.rows)} "
                              "identities to train on")
         self.p, self.k, self.seed = identities_per_batch, images_per_identity, seed
-        self.batches_per_pass = len(self.rows) // self.p
+        self.batches_per_pass = len(self.rows) // self.p  # without a group
         self._pass_order: tuple[int, np.ndarray] | None = None
+        self.parts = None if group_share is None else self._parts(group, group_share)
+        self._part_orders: dict[int, tuple[int, np.ndarray]] = {}
+
+    def _parts(self, group: np.ndarray | None, share: float) -> list[tuple[np.ndarray, int]]:
+        """(identities, places per batch) of the group and of the other identities."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"the group's share of a batch must be in [0, 1], got {share}")
+        in_group = np.zeros(len(self.rows), bool)
+        in_group[np.asarray(group if group is not None else [], np.int64)] = True
+        places = round(share * self.p)
+        parts = [(np.flatnonzero(in_group), places), (np.flatnonzero(~in_group), self.p - places)]
+        for (identities, wanted), what in zip(parts, ("in the group", "outside the group"), strict=True):
+            if wanted > len(identities):
+                raise ValueError(f"{wanted} of the {self.p} identities per batch should come from the "
+                                 f"identities {what}, but there are only {len(identities)}")
+        return [(identities, wanted) for identities, wanted in parts if wanted]
 
     @property
     def batch_size(self) -> int:
@@ -159,11 +184,27 @@ class PKSampler:
             self._pass_order = (pass_index, order)
         return self._pass_order[1]
 
+    def _part_identities(self, part: int, step: int) -> np.ndarray:
+        """The identities a part of the batches gives to batch ``step``: its passes are shuffles
+        drawn from (seed, pass, part), cut into consecutive groups of its places."""
+        identities, places = self.parts[part]
+        pass_index, position = divmod(step, len(identities) // places)
+        cached = self._part_orders.get(part)
+        if cached is None or cached[0] != pass_index:
+            cached = (pass_index, np.random.default_rng([self.seed, pass_index, part, 3]).permutation(identities))
+            self._part_orders[part] = cached
+        return cached[1][position * places:(position + 1) * places]
+
     def batch(self, step: int) -> np.ndarray:
         """(P * K,) int64 row indices, grouped by identity: K rows of one, then K of the next."""
-        pass_index, position = divmod(step, self.batches_per_pass)
-        identities = self._identity_order(pass_index)[position * self.p:(position + 1) * self.p]
-        rng = np.random.default_rng([self.seed, pass_index, position, 1])
+        if self.parts is None:
+            pass_index, position = divmod(step, self.batches_per_pass)
+            identities = self._identity_order(pass_index)[position * self.p:(position + 1) * self.p]
+            rng = np.random.default_rng([self.seed, pass_index, position, 1])
+        else:
+            rng = np.random.default_rng([self.seed, step, 2])
+            identities = rng.permutation(np.concatenate([self._part_identities(part, step)
+                                                         for part in range(len(self.parts))]))
         picks = []
         for identity in identities:
             rows = self.rows[identity]

@@ -2,8 +2,9 @@
 
 Each checkpoint is a new folder ``<checkpoint_dir>/step-<N>`` holding ``model.weights.h5``,
 ``optimizer.npz``, ``random.npz`` (the states of the model's random generators, e.g. its Dropout
-layers' seeds, which ``save_weights`` leaves out) and ``state.json`` (the TrainState and the
-run's settings). Everything else random in training is a pure function of (seed, step)
+layers' seeds, which ``save_weights`` leaves out), ``state.json`` (the TrainState and the
+run's settings) and, for a margin-softmax loss, ``class_weights.npy`` (its training-only class
+weights). Everything else random in training is a pure function of (seed, step)
 (utils.training.batching), so a resumed run draws what the uninterrupted one would. It is written as
 ``step-<N>.tmp``, flushed to disk and renamed; then the one-line file ``latest`` is replaced
 atomically to name it, and only then are older folders deleted. A kill at any moment leaves
@@ -19,7 +20,7 @@ import shutil
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,14 +29,19 @@ import numpy as np
 
 from utils.atomic import atomic_path, fsync, write_text_atomic
 
+from utils.training.config import TrainConfig
+
 if TYPE_CHECKING:
-    from utils.training.config import TrainConfig
+    from utils.training.losses import ClassCosines
 
 # Settings that must match for --resume to continue the same run. Which faces are trained on is
 # checked by TrainState.pool_fingerprint (the people files' paths may change, their people not).
+# A setting a checkpoint predates counts as its default (what that run used).
 RESUME_KEYS = ("model", "data", "min_images", "image_size", "identities_per_batch", "images_per_identity",
-               "steps_per_epoch", "seed", "mining", "margin", "soft_margin", "lr", "lr_schedule",
-               "mixed_precision", "augmentation")
+               "steps_per_epoch", "seed", "loss", "mining", "margin", "soft_margin", "scale", "class_margin",
+               "lr", "lr_schedule", "mixed_precision", "augmentation", "lfw_share", "weight_decay")
+DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+CLASS_WEIGHTS = "class_weights.npy"
 
 
 # The validation figure that picks the saved weights: the mean of the validation AUCs, LFW View 1
@@ -66,7 +72,7 @@ class TrainState:
     pool_fingerprint: str = ""  # TrainingFaces.fingerprint(): must not change on --resume
     wall_seconds: float = 0.0
     epoch_loss_sum: float = 0.0
-    epoch_active_sum: float = 0.0
+    epoch_figure_sum: float = 0.0   # of the loss's figure (utils.training.losses.FIGURES)
     epoch_distance_sum: float = 0.0
     epoch_train_seconds: float = 0.0
     epoch_steps: int = 0
@@ -101,7 +107,7 @@ class Checkpoints:
         return path if (path / "state.json").is_file() else None
 
     def save(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, state: TrainState,
-             config: TrainConfig) -> Path:
+             config: TrainConfig, class_cosines: ClassCosines | None = None) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         name, copy = f"step-{state.step}", 1
         while (self.folder / name).exists():  # never overwrite: it may be the one `latest` names
@@ -113,6 +119,8 @@ class Checkpoints:
         model.save_weights(tmp / "model.weights.h5")
         np.savez(tmp / "optimizer.npz", **{f"{i:04d}": v.numpy() for i, v in enumerate(optimizer.variables)})
         np.savez(tmp / "random.npz", **{f"{i:04d}": v.numpy() for i, v in enumerate(random_states(model))})
+        if class_cosines is not None:
+            np.save(tmp / CLASS_WEIGHTS, class_cosines.class_weights.numpy())
         (tmp / "state.json").write_text(json.dumps({"config": asdict(config), "state": asdict(state)}, indent=1))
         for f in (*tmp.iterdir(), tmp):
             fsync(f)
@@ -143,19 +151,23 @@ class Checkpoints:
         snapshot = self.snapshot(row["step"] // config.steps_per_epoch)
         return snapshot if row["step"] % config.steps_per_epoch == 0 and snapshot.is_file() else None
 
-    def restore(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                config: TrainConfig) -> TrainState:
-        """Load the latest checkpoint into model and optimizer; ResumeError if the settings differ or a
-        file of it is damaged (naming the file). Rewrites the checkpoint's epoch snapshot if missing."""
+    def restore(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig,
+                class_cosines: ClassCosines | None = None) -> TrainState:
+        """Load the latest checkpoint into model, class weights and optimizer; ResumeError if the
+        settings differ or a file of it is damaged (naming the file). Rewrites the checkpoint's epoch
+        snapshot if missing."""
         path = self.latest()
         if path is None:
             raise ResumeError(f"--resume: no checkpoint in {self.folder}")
         with damaged_file_is_a_resume_error(path / "state.json"):
             saved = json.loads((path / "state.json").read_text())
-            old = saved["config"]
-            state = TrainState(**{"selected_by": LEGACY_SELECTED_BY, **saved["state"]})
+            old, raw = saved["config"], saved["state"]
+            if "epoch_active_sum" in raw:  # checkpoints from before the margin-softmax losses
+                raw["epoch_figure_sum"] = raw.pop("epoch_active_sum")
+            state = TrainState(**{"selected_by": LEGACY_SELECTED_BY, **raw})
         if isinstance(old.get("augmentation"), bool):  # checkpoints from before --augmentation
             old["augmentation"] = "mild" if old["augmentation"] else "none"
+        old = {**DEFAULTS, **old}
         changed = [f"{k}: {old.get(k)!r} -> {getattr(config, k)!r}" for k in RESUME_KEYS
                    if old.get(k) != getattr(config, k)]
         if changed:
@@ -163,6 +175,8 @@ class Checkpoints:
                               f"({'; '.join(changed)}); resume with the same settings or start a new run")
         with damaged_file_is_a_resume_error(path / "model.weights.h5"):
             model.load_weights(path / "model.weights.h5")
+        if class_cosines is not None:
+            restore_class_weights(path / CLASS_WEIGHTS, class_cosines)
         load_variables(path / "optimizer.npz", optimizer.variables, "optimizer variables")
         if (path / "random.npz").is_file():  # older checkpoints have none: they resume with fresh Dropout seeds
             load_variables(path / "random.npz", random_states(model), "random generator states")
@@ -200,3 +214,16 @@ def load_variables(path: Path, variables: list, what: str) -> None:
             raise ResumeError(f"--resume: {path} holds {len(values.files)} {what}, this run has {len(variables)}")
         for i, variable in enumerate(variables):
             variable.assign(values[f"{i:04d}"])
+
+
+def restore_class_weights(path: Path, class_cosines: ClassCosines) -> None:
+    """Load a checkpoint's class weights; ResumeError when missing or of another shape."""
+    if not path.is_file():
+        raise ResumeError(f"--resume: {path.parent} holds no class weights ({path.name})")
+    with damaged_file_is_a_resume_error(path):
+        weights = np.load(path)
+    variable = class_cosines.class_weights
+    if weights.shape != tuple(variable.shape):
+        raise ResumeError(f"--resume: {path} holds class weights of shape {weights.shape}, the run needs "
+                          f"{tuple(variable.shape)} (embedding size x training identities)")
+    variable.assign(weights)

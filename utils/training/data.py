@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from utils.atomic import write_text_atomic
 from utils.datasets.folders import DatasetError
 from utils.datasets.holdout import TEST_PEOPLE, VAL_PAIRS, VAL_PEOPLE
@@ -137,6 +139,20 @@ def _source_cache(loaded: dict[str, AlignedFaces], root: Path, image_size: int) 
     """The training source whose tree is ``root`` when there is one, else that tree's aligned cache."""
     found = next((v for v in loaded.values() if Path(v.root).resolve() == root.resolve()), None)
     return found if found is not None else load_or_build(root, output_size=image_size)
+
+
+def lfw_source(loaded: dict[str, AlignedFaces]) -> str | None:
+    """The name (identity namespace) of the training source that is LFW, if one is."""
+    return next((name for name, v in loaded.items() if Path(v.root).resolve() == lfw_dir().resolve()), None)
+
+
+def lfw_labels(faces: TrainingFaces, loaded: dict[str, AlignedFaces]) -> np.ndarray:
+    """The labels of the pooled identities that come from LFW (train.py --lfw-share); DatasetError
+    when no training source is LFW."""
+    name = lfw_source(loaded)
+    if name is None:
+        raise DatasetError("--lfw-share: no --data entry is LFW (" + str(lfw_dir()) + ")")
+    return np.array([label for label, pooled in enumerate(faces.names) if pooled.startswith(f"{name}/")], np.int64)
 
 
 def lfw_view1_evaluator(loaded: dict[str, AlignedFaces], image_size: int) -> Evaluator:

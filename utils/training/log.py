@@ -66,7 +66,7 @@ def plot_history(history: list[dict[str, float]], path: Path, selected_by: str =
     hours = [row["wall_hours"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(hours, [row["loss"] for row in history], "o-")
-    ax_loss.set(xlabel="wall-clock hours", ylabel="triplet loss (epoch mean)", title="training loss")
+    ax_loss.set(xlabel="wall-clock hours", ylabel="loss (epoch mean)", title="training loss")
     for key, label, color in (("val_mean_auc", "mean AUC", "tab:purple"),
                               ("val_auc", "LFW View 1 AUC", "tab:blue"),
                               ("val_celeba_auc", "CelebA val-half AUC", "tab:orange"),

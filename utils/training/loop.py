@@ -1,7 +1,8 @@
-"""Triplet training of a face-embedding model: settings, the step and the loop (train.py is the command line).
+"""Training of a face-embedding model: the step and the loop (train.py is the command line).
 
 One run = ``epochs`` x ``steps_per_epoch`` steps of P x K batches (utils.training.batching) with an
-online-mined triplet loss (utils.training.losses), Adam, a custom ``tf.function`` step under a
+online-mined triplet loss or a margin-softmax loss, CosFace or ArcFace, whose class weights train
+beside the model (utils.training.losses), Adam, a custom ``tf.function`` step under a
 ``tf.distribute`` strategy. After every epoch: validation on LFW View 1 and the CelebA hold-out's
 validation half (or a given evaluator), the weights when the mean validation AUC improves, their
 metadata (utils.training.metadata), a checkpoint (utils.training.checkpoints) and the
@@ -11,8 +12,8 @@ The batches are a pure function of (seed, step), so the step number is the data 
 whole position and a resumed run performs the same steps as an uninterrupted one.
 
 Stops (utils.training.stops): Ctrl-C / SIGTERM (checkpoint, then exit), a NaN loss (message;
-the last checkpoint is kept), a collapse (a batch's embeddings at almost one point with every
-triplet active, for ``collapse_patience`` steps in a row), and the time budget (validate,
+the last checkpoint is kept), a collapse (triplet loss: a batch's embeddings at almost one point
+with every triplet active, for ``collapse_patience`` steps in a row), and the time budget (validate,
 checkpoint, finish). Workers of a multi-worker run vote on the signal and budget stops after
 every step, so they all stop after the same one.
 """
@@ -40,9 +41,9 @@ from utils.training.checkpoints import (
     save_weights_atomic,
 )
 from utils.training.config import STRATEGIES, TrainConfig
-from utils.training.data import Evaluator, load_training_data, validation_evaluator
+from utils.training.data import Evaluator, lfw_labels, load_training_data, validation_evaluator
 from utils.training.log import TrainingLog
-from utils.training.losses import get_loss, pairwise_squared_distances
+from utils.training.losses import FIGURES, ClassCosines, get_loss, pairwise_squared_distances
 from utils.training.metadata import metadata_writer, training_record
 from utils.training.runs import RunLock, remove_stale_temporaries
 from utils.training.stops import CollapseDetector, StopSignals, make_stop_vote
@@ -121,9 +122,11 @@ def with_float32_output(model: keras.Model) -> keras.Model:
 
 
 def build_model_and_optimizer(config: TrainConfig, strategy: tf.distribute.Strategy,
-                              build_model: Callable[[], keras.Model]
-                              ) -> tuple[keras.Model, keras.optimizers.Optimizer]:
-    """The model (in the precision policy of the config) and a built Adam, under the strategy's scope."""
+                              build_model: Callable[[], keras.Model], num_identities: int
+                              ) -> tuple[keras.Model, ClassCosines | None, keras.optimizers.Optimizer]:
+    """The model (in the precision policy of the config), the class weights of a margin-softmax
+    loss (None for triplet; float32, training only) and a built Adam for both, under the strategy's
+    scope."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         previous_policy = keras.mixed_precision.global_policy()
@@ -133,30 +136,56 @@ def build_model_and_optimizer(config: TrainConfig, strategy: tf.distribute.Strat
             model = with_float32_output(build_model())
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
-        optimizer = keras.optimizers.Adam(config.lr)
+        class_cosines = None
+        if config.loss != "triplet":
+            class_cosines = ClassCosines(num_identities, name="class_cosines")
+            class_cosines.build(model.output_shape)
+        variables = trained_variables(model, class_cosines)
+        optimizer = make_optimizer(config, variables)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)
-    return model, optimizer
+        optimizer.build(variables)
+    return model, class_cosines, optimizer
+
+
+def make_optimizer(config: TrainConfig, variables: list) -> keras.optimizers.Optimizer:
+    """Adam; with weight decay AdamW (Loshchilov & Hutter 2019): with Adam, an L2 term's gradient is
+    divided by the same running scale as the loss's, so weights with large gradients are barely
+    decayed; AdamW shrinks every matrix by lr x weight_decay per step whatever its gradients
+    (following the learning-rate schedule). Biases and batch-norm scales and offsets (the 1-D
+    variables) are not decayed."""
+    if not config.weight_decay:
+        return keras.optimizers.Adam(config.lr)
+    optimizer = keras.optimizers.AdamW(config.lr, weight_decay=config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_list=[v for v in variables if len(v.shape) <= 1])
+    return optimizer
+
+
+def trained_variables(model: keras.Model, class_cosines: ClassCosines | None) -> list:
+    """What the optimizer trains: the model's variables, then the class weights if any."""
+    return model.trainable_variables + (class_cosines.trainable_variables if class_cosines else [])
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                    strategy: tf.distribute.Strategy, config: TrainConfig) -> Callable:
-    """A tf.function running one step on every replica; returns mean (loss, active fraction, distance)."""
-    loss_fn = get_loss(config.mining)
+                    strategy: tf.distribute.Strategy, config: TrainConfig,
+                    class_cosines: ClassCosines | None = None) -> Callable:
+    """A tf.function running one step on every replica; returns the means of (loss, the loss's
+    figure (FIGURES), mean squared distance between the batch's embeddings)."""
+    loss_fn = get_loss(config, class_cosines)
+    variables = trained_variables(model, class_cosines)
     replicas = strategy.num_replicas_in_sync
 
     def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, ...]:
         with tf.GradientTape() as tape:
             embeddings = model(images, training=True)
-            loss, active = loss_fn(labels, embeddings, margin=config.margin, soft_margin=config.soft_margin)
+            loss, figure = loss_fn(labels, embeddings)
             # Gradients are summed over replicas, so each contributes its share of the mean.
             scaled = optimizer.scale_loss(loss / replicas)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
         d = pairwise_squared_distances(embeddings)
         n = tf.cast(tf.shape(d)[0], tf.float32)
-        return loss, active, tf.reduce_sum(d) / (n * (n - 1.0))
+        return loss, figure, tf.reduce_sum(d) / (n * (n - 1.0))
 
     @tf.function
     def step(iterator) -> list[tf.Tensor]:
@@ -170,15 +199,16 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
 def start_or_resume(config: TrainConfig, checkpoints: Checkpoints, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer, faces: TrainingFaces,
-                    log: Callable[[str], None]) -> TrainState:
-    """A fresh TrainState, or (--resume) the latest checkpoint's, loaded into model and optimizer."""
+                    log: Callable[[str], None], class_cosines: ClassCosines | None = None) -> TrainState:
+    """A fresh TrainState, or (--resume) the latest checkpoint's, loaded into model, class weights
+    and optimizer."""
     pool = f"{len(faces)} faces of {faces.num_identities} identities"
     if not config.resume:
         if checkpoints.latest() is not None:
             raise ResumeError(f"{config.checkpoint_dir} already holds a checkpoint; pass --resume to continue "
                               "it, or start another run")
         return TrainState(pool=pool, pool_fingerprint=faces.fingerprint())
-    state = checkpoints.restore(model, optimizer, config)
+    state = checkpoints.restore(model, optimizer, config, class_cosines)
     if state.pool_fingerprint:
         same = state.pool_fingerprint == faces.fingerprint()
     else:
@@ -231,11 +261,11 @@ def close_epoch(state: TrainState, config: TrainConfig) -> dict[str, float]:
     n = max(state.epoch_steps, 1)
     row = {"epoch": round(state.step / config.steps_per_epoch, 3), "step": state.step,
            "images_seen": state.step * config.batch_size, "wall_hours": state.wall_seconds / 3600,
-           "loss": state.epoch_loss_sum / n, "active_fraction": state.epoch_active_sum / n,
+           "loss": state.epoch_loss_sum / n, FIGURES[config.loss]: state.epoch_figure_sum / n,
            "mean_distance": state.epoch_distance_sum / n,
            "lr": learning_rate(config, state.step, state.wall_seconds),
            "images_per_second": n * config.batch_size / max(state.epoch_train_seconds, 1e-9)}
-    state.epoch_loss_sum = state.epoch_active_sum = state.epoch_distance_sum = 0.0
+    state.epoch_loss_sum = state.epoch_figure_sum = state.epoch_distance_sum = 0.0
     state.epoch_train_seconds = 0.0
     state.epoch_steps = 0
     return row
@@ -243,7 +273,8 @@ def close_epoch(state: TrainState, config: TrainConfig) -> dict[str, float]:
 
 def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], keras.Model],
         evaluate: Evaluator | None = None, metadata: Callable[[dict], None] | None = None,
-        log: Callable[[str], None] = print, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+        log: Callable[[str], None] = print, strategy: tf.distribute.Strategy | None = None,
+        lfw_labels: np.ndarray | None = None) -> TrainResult:
     """Train ``build_model()`` on ``faces``; see the module docstring for what each epoch writes.
 
     ``evaluate(model)`` returns validation figures, logged with a ``val_`` prefix; the mean of its AUCs
@@ -252,30 +283,42 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
     latest weights are kept.
     ``metadata(record)`` is called after every epoch with the record of the saved weights and
     the run (utils.training.metadata.training_record). ``strategy`` defaults to
-    ``make_strategy(config.strategy)``.
+    ``make_strategy(config.strategy)``. ``lfw_labels`` (the LFW identities) are needed with
+    ``config.lfw_share``: that share of every batch's identities is drawn from them.
     """
     if faces.image_size != config.image_size:
         raise TrainingError(f"the training faces are {faces.image_size} px, the model takes "
                             f"{config.image_size} px")
     strategy = strategy or make_strategy(config.strategy)
     chief = is_chief(strategy)
-    model, optimizer = build_model_and_optimizer(config, strategy, build_model)
+    model, class_cosines, optimizer = build_model_and_optimizer(config, strategy, build_model, faces.num_identities)
     checkpoints = Checkpoints(config.checkpoint_dir)
-    state = start_or_resume(config, checkpoints, model, optimizer, faces, log)
+    state = start_or_resume(config, checkpoints, model, optimizer, faces, log, class_cosines)
     if state.selected_by != SELECTED_BY:
         log(f"this run keeps the weights rule it started with: {SELECTION_RULES[state.selected_by]}")
     if chief and config.resume and keep_best_of_history(state, checkpoints, config, log) and metadata is not None:
         metadata(training_record(config, state, faces, int(model.output_shape[-1])))
-    sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed)
+    if config.lfw_share is not None and lfw_labels is None:
+        raise TrainingError("lfw_share needs the labels of the LFW identities")
+    sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed,
+                        group=lfw_labels, group_share=config.lfw_share)
     iterator = iter(strategy.distribute_datasets_from_function(
         lambda context: training_dataset(faces, sampler, state.step, config.augmentation, context)))
-    train_step = make_train_step(model, optimizer, strategy, config)
+    train_step = make_train_step(model, optimizer, strategy, config, class_cosines)
+    figure = FIGURES[config.loss]
     vote = make_stop_vote(strategy)
     collapse = CollapseDetector(config.collapse_patience)
     budget = config.time_budget_hours * 3600 if config.time_budget_hours else math.inf
+    settings = [f"{config.identities_per_batch} x {config.images_per_identity} batches",
+                f"triplet loss, {config.mining} mining, margin {config.margin}" if config.loss == "triplet" else
+                f"{config.loss} loss, scale {config.scale}, margin {config.class_margin}",
+                f"lr {config.lr} ({config.lr_schedule})", f"{config.augmentation} augmentation"]
+    if config.weight_decay:
+        settings.append(f"weight decay {config.weight_decay}")
+    if config.lfw_share is not None:
+        settings.append(f"LFW share {config.lfw_share}")
     log(f"training {config.model} on {len(faces)} faces of {faces.num_identities} identities: "
-        f"{config.identities_per_batch} x {config.images_per_identity} batches, {config.mining} mining, "
-        f"margin {config.margin}, lr {config.lr} ({config.lr_schedule}), {strategy.num_replicas_in_sync} replica(s), "
+        f"{', '.join(settings)}, {strategy.num_replicas_in_sync} replica(s), "
         f"steps {state.step} -> {config.total_steps}")
     run_start, wall_before = time.monotonic(), state.wall_seconds
 
@@ -297,10 +340,10 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
                 save_weights_atomic(model, config.weights_out)
             if metadata is not None:
                 metadata(training_record(config, state, faces, int(model.output_shape[-1])))
-            checkpoints.save(model, optimizer, state, config)
+            checkpoints.save(model, optimizer, state, config, class_cosines)
         logs.epoch(state.history, state.selected_by)
         log(f"epoch {row['epoch']:g} (step {state.step}, {row['wall_hours'] * 60:.1f} min): "
-            f"loss {row['loss']:.4f}, active {row['active_fraction']:.3f}, "
+            f"loss {row['loss']:.4f}, {figure.replace('_', ' ')} {row[figure]:.3f}, "
             f"mean distance {row['mean_distance']:.3f}, {row['images_per_second']:.1f} images/s"
             f"{validation_figures(row)}"
             + (" (best)" if improved else ""))
@@ -312,24 +355,23 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
         while state.step < config.total_steps:
             started = time.monotonic()
             optimizer.learning_rate = learning_rate(config, state.step, state.wall_seconds)
-            loss, active, distance = (float(x) for x in train_step(iterator))
+            loss, value, distance = (float(x) for x in train_step(iterator))
             if not np.isfinite(loss):
                 return TrainResult("nan", f"the loss became {loss} at step {state.step + 1}; the last checkpoint "
                                    f"({checkpoints.latest()}) is intact; try a lower --lr", state)
             state.step += 1
             state.epoch_loss_sum += loss
-            state.epoch_active_sum += active
+            state.epoch_figure_sum += value
             state.epoch_distance_sum += distance
             state.epoch_steps += 1
             state.epoch_train_seconds += time.monotonic() - started
             tick()
-            logs.scalars(state.step, {"train/loss": loss, "train/active_fraction": active,
-                                      "train/mean_distance": distance})
-            if collapse.update(distance, active):
+            logs.scalars(state.step, {"train/loss": loss, f"train/{figure}": value, "train/mean_distance": distance})
+            if config.loss == "triplet" and collapse.update(distance, value):
                 return TrainResult("collapsed", (
                     f"training collapsed at step {state.step}: for {collapse.count} steps every embedding of "
                     f"the batch sat at one point (mean squared distance {distance:.2g}) with "
-                    f"{active:.0%} of the triplets active, so the loss is stuck at the margin. Try "
+                    f"{value:.0%} of the triplets active, so the loss is stuck at the margin. Try "
                     "--mining semi-hard, a lower --lr, or more identities per batch; the last checkpoint "
                     f"({checkpoints.latest()}) is intact"), state)
             out_of_time, signalled = vote(state.wall_seconds >= budget, signals.received is not None)
@@ -342,7 +384,7 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
                                    f"at step {state.step}", state)
             if signalled:
                 if chief and not epoch_ends:
-                    checkpoints.save(model, optimizer, state, config)
+                    checkpoints.save(model, optimizer, state, config, class_cosines)
                 why = f"{signals.received} received" if signals.received else "another worker was signalled"
                 return TrainResult("interrupted", f"{why}: stopped at step {state.step}, checkpoint in "
                                    f"{checkpoints.latest()}; --resume continues", state)
@@ -380,12 +422,13 @@ def train_and_report(config: TrainConfig, validation: bool, build_model: Callabl
     faces, loaded = load_training_data(config.data, config.image_size, config.exclude_people,
                                        config.min_images, log)
     evaluate = validation_evaluator(loaded, config.image_size, log) if validation else None
+    lfw = lfw_labels(faces, loaded) if config.lfw_share is not None else None
     if build_model is None:
         from models import get_model
 
         def build_model() -> keras.Model:
             return get_model(config.model, input_size=config.image_size)
-    result = fit(config, faces, build_model, evaluate, metadata_writer(config), log, strategy)
+    result = fit(config, faces, build_model, evaluate, metadata_writer(config), log, strategy, lfw)
     log(result.message)
     if result.state.best:
         best = result.state.best

@@ -64,14 +64,23 @@ def training_record(config: TrainConfig, state: TrainState, faces: TrainingFaces
             "hardware": hardware_description(), "data": [portable_path(d) for d in config.data],
             "excluded_people_files": [portable_path(f) for f in config.exclude_people],
             "identities": faces.num_identities, "images": len(faces),
-            "mining": config.mining, "margin": config.margin, "soft_margin": config.soft_margin,
-            "lr": config.lr, "lr_schedule": config.lr_schedule, "optimizer": "adam",
+            **loss_settings(config), "lr": config.lr, "lr_schedule": config.lr_schedule,
+            "optimizer": "adamw" if config.weight_decay else "adam", "weight_decay": config.weight_decay,
             "identities_per_batch": config.identities_per_batch,
             "images_per_identity": config.images_per_identity, "seed": config.seed,
             "strategy": config.strategy, "mixed_precision": config.mixed_precision,
-            "augmentation": config.augmentation,
+            "augmentation": config.augmentation, "lfw_share": config.lfw_share,
         },
     }
+
+
+def loss_settings(config: TrainConfig) -> dict[str, Any]:
+    """The loss and the settings that apply to it: mining and margin (triplet) or scale and margin
+    (cosface, arcface)."""
+    if config.loss == "triplet":
+        return {"loss": "triplet", "mining": config.mining, "margin": config.margin,
+                "soft_margin": config.soft_margin}
+    return {"loss": config.loss, "scale": config.scale, "class_margin": config.class_margin}
 
 
 def metadata_file(config: TrainConfig) -> Path:
