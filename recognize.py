@@ -5,6 +5,7 @@ Examples:
   python recognize.py --source clip.mp4 --output out.mp4 --show-distance
   python recognize.py --source rtsp://user:pass@host/stream --json > faces.jsonl
   python recognize.py --source photos/ --output annotated/
+  python recognize.py --source test_people/            # one subfolder per person: prints a score
   python recognize.py --enrol Ada_Lovelace --source 0 --count 5
 """
 from __future__ import annotations
@@ -50,6 +51,12 @@ weights/<model>.json by evaluate.py); a model without one needs --threshold.
 ("image" is the file name for image sources; "tracked" marks boxes followed between detections;
 "nearest" is the closest person even when the face is unknown.) Messages go to stderr.
 
+A folder of people (one subfolder of pictures per person, like the gallery) is scored: each
+picture's largest face is named correctly, named wrongly, unknown, or no face is found; the
+table per person and in total ends the run. Subfolders named like no gallery person are strangers
+(unknown is right for them). Its frames' JSON lines carry "label" (the subfolder), and with --json
+a last line {{"score": {{"people": {{...}}, "known_total": {{...}}, "strangers_total": {{...}}}}}} follows.
+
 Exit status: 0 done; {EXIT_SOURCE_STOPPED} the source stopped delivering frames; {EXIT_SETUP} a setup problem
 (source cannot be opened, missing or damaged weights, no threshold, empty gallery, a file or folder
 that cannot be written); {EXIT_INTERRUPTED} interrupted.
@@ -61,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="0",
                         help="camera index (default 0), video file, rtsp:// or http(s):// URL, image file, "
-                             "or folder of images")
+                             "folder of images, or folder of people (one subfolder per person: scored)")
     parser.add_argument("--people", type=Path, default=PEOPLE_DIR, help=f"gallery folder (default {PEOPLE_DIR})")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"registry model name (models/__init__.py; default {DEFAULT_MODEL}: pretrained "
@@ -188,16 +195,20 @@ def load_recognizer(args: argparse.Namespace, detect_every: int):
 
 def frame_record(frame: Frame, faces) -> dict:
     """The --json line of one frame."""
-    return {"frame": frame.index, "image": frame.name,
-            "faces": [{"box": list(f.box), "name": f.match.name or "unknown", "known": f.match.known,
-                       "distance": round(f.match.distance, 4), "nearest": f.match.nearest, "tracked": f.tracked}
-                      for f in faces]}
+    record = {"frame": frame.index, "image": frame.name,
+              "faces": [{"box": list(f.box), "name": f.match.name or "unknown", "known": f.match.known,
+                         "distance": round(f.match.distance, 4), "nearest": f.match.nearest, "tracked": f.tracked}
+                        for f in faces]}
+    if frame.label is not None:
+        record["label"] = frame.label
+    return record
 
 
 def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
     import cv2
 
     from utils.recognition.drawing import draw_face, draw_fps
+    from utils.recognition.scoring import LabelledScore
 
     recognizer = load_recognizer(args, 1 if source.stills else args.detect_every)
     no_window = None if args.no_window else window_unavailable()
@@ -209,6 +220,7 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
     draw = show or sink is not None
     log_changes = not (show or sink or args.json)
     last_names: list[str] | None = None
+    score = LabelledScore(recognizer.gallery.people)
     fps, started, frames, tick = 0.0, time.perf_counter(), 0, time.perf_counter()
     try:
         for frame in source:
@@ -218,6 +230,8 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
             tick, frames = now, frames + 1
             if args.json:
                 print(json.dumps(frame_record(frame, faces)), flush=True)
+            if frame.label is not None:
+                score.add(frame.label, faces)
             if log_changes:
                 names = sorted(f.match.name or "unknown" for f in faces)
                 if names != last_names or source.stills:
@@ -244,6 +258,10 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
         if show:
             cv2.destroyAllWindows()
     elapsed = time.perf_counter() - started
+    if score.tallies:
+        if args.json:
+            print(json.dumps({"score": score.to_dict()}), flush=True)
+        print(score.table(), file=sys.stderr if args.json else sys.stdout, flush=True)
     say(f"{frames} frames in {elapsed:.1f} s ({frames / max(elapsed, 1e-6):.1f} frames/s)"
         + (f"; annotated frames in {args.output}" if sink else ""))
     return 0
