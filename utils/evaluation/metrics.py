@@ -7,11 +7,13 @@ Verification works on distances between the two embeddings of each pair: a pair 
   fold the threshold that maximises accuracy on the *other* folds is applied to that fold.
 - :func:`train_test_verification`: View 1, threshold chosen on DevTrain, scored on DevTest.
 - :func:`plot_roc_curves`: several ROC curves on one PNG.
+- :func:`impostor_quantiles`: the distance below which a given share of different-person pairs fall
+  (recognize.py picks its default threshold from them).
 - :func:`leave_one_out_1nn_accuracy`, :func:`silhouette`: how well embeddings cluster by identity.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from sklearn.model_selection import KFold
 
 METRICS = ("sqeuclidean", "cosine")
 FAR_TARGET = 1e-3
+IMPOSTOR_FARS = np.round(np.logspace(-5, 0, 26), 7)  # 1e-5 ... 1, five steps per decade
 
 # Threshold grids: squared L2 between unit vectors lies in [0, 4] (OpenFace's grid, step 0.01);
 # cosine distance in [0, 2], the same grid scaled by one half.
@@ -229,6 +232,26 @@ def plot_roc_curves(curves: Mapping[str, VerificationResult], path: str | Path,
     finally:
         plt.close(fig)
     return path
+
+
+def impostor_quantiles(embeddings: np.ndarray, people: Sequence[str], metric: str = "sqeuclidean",
+                       fars: np.ndarray = IMPOSTOR_FARS) -> dict:
+    """Distances of every pair of rows from different people, summarised as quantiles.
+
+    ``distance[i]`` is the distance below which the share ``far[i]`` of those impostor pairs
+    fall: the per-pair false-accept rate of threshold ``distance[i]``.
+    """
+    people = np.asarray(people)
+    if len(people) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(people)} people")
+    distances = pairwise_distances(np.asarray(embeddings, np.float64), metric=metric).astype(np.float32)
+    upper = np.triu(people[:, None] != people[None, :], k=1)
+    impostors = distances[upper]
+    if impostors.size == 0:
+        raise ValueError("no pairs of different people to take impostor distances from")
+    quantiles = np.quantile(impostors, np.asarray(fars, np.float64))
+    return {"far": [float(f) for f in fars], "distance": [round(float(d), 4) for d in quantiles],
+            "n_pairs": int(impostors.size), "n_images": len(people)}
 
 
 def leave_one_out_1nn_accuracy(embeddings: np.ndarray, labels: np.ndarray,

@@ -20,6 +20,7 @@ from utils.datasets.folders import DatasetError
 from utils.datasets.lfw import (
     MissingImagesError,
     Pair,
+    Person,
     check_images_exist,
     load_dev_pairs,
     load_dev_people,
@@ -31,6 +32,7 @@ from utils.evaluation.metrics import (
     DEFAULT_THRESHOLDS,
     METRICS,
     VerificationResult,
+    impostor_quantiles,
     kfold_verification,
     pair_distances,
     train_test_verification,
@@ -59,6 +61,7 @@ class LFWResult:
     n_fallback: int            # images among n_images with no detected face (centre-crop fallback)
     fallback_images: list[str]
     seconds: float             # embedding and scoring, cache loading excluded
+    impostors: dict | None = None  # impostor_quantiles of every different-person pair of the images
 
     @property
     def n_pairs(self) -> int:
@@ -70,7 +73,7 @@ class LFWResult:
         return {"protocol": self.protocol, "metric": self.metric, "flip": self.flip,
                 **self.verification.to_dict(with_roc), "n_images": self.n_images,
                 "n_fallback": self.n_fallback, "fallback_images": self.fallback_images,
-                "seconds": self.seconds}
+                "seconds": self.seconds, **({"impostor_quantiles": self.impostors} if self.impostors else {})}
 
 
 def keras_embedder(model: keras.Model, batch_size: int = 64, flip: bool = False,
@@ -95,6 +98,13 @@ def protocol_pairs(protocol: str, protocol_dir: str | Path | None = None) -> dic
     raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
 
 
+def unseen_people_outside_view2(protocol_dir: str | Path | None = None) -> list[Person]:
+    """peopleDevTest.txt people with no picture in the view2-unseen pairs: strangers to our models whose
+    pictures the stored impostor distances (and so recognize.py's default threshold) never saw."""
+    used = {image.split("/")[0] for image in pair_images(protocol_pairs("view2-unseen", protocol_dir)["all"])}
+    return [person for person in load_dev_people("test", protocol_dir) if person.name not in used]
+
+
 def _rows_of(aligned: AlignedFaces, images: list[str]) -> list[int]:
     """Cache rows of the images; a clear error naming any image the cache lacks."""
     unreadable = sorted(set(images) & set(aligned.unreadable))
@@ -116,13 +126,15 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
                  lfw_root: str | Path | None = None, aligned: AlignedFaces | None = None,
                  flip: bool = False, metric: str = "sqeuclidean", protocol_dir: str | Path | None = None,
                  batch_size: int = 64, landmarks: str = "outer_eyes_and_nose",
-                 progress: bool = False) -> LFWResult:
+                 progress: bool = False, impostors: bool = False) -> LFWResult:
     """LFW verification of a Keras model or an :data:`Embedder`.
 
     ``aligned`` is the aligned cache to read faces from; without it the cache of ``lfw_root``
     (default ``utils.paths.lfw_dir()``) at the model's input size and ``landmarks`` is loaded, or
     built on first use. ``flip`` (Keras models only) averages each face's embedding with its
-    mirror image's. Thresholds are searched on ``utils.evaluation.metrics.DEFAULT_THRESHOLDS[metric]``.
+    mirror image's. ``impostors`` adds the quantiles of the distances of every pair of the
+    protocol's images from different people (not only the pairs listed), for choosing thresholds.
+    Thresholds are searched on ``utils.evaluation.metrics.DEFAULT_THRESHOLDS[metric]``.
     Raises ``DatasetError`` (a ``ValueError``) for missing protocol files, a missing LFW folder
     or images that the pairs reference but the folder or cache lacks.
     """
@@ -160,6 +172,7 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
         verification = train_test_verification(distances["train"], same["train"], distances["test"],
                                                same["test"], thresholds)
     fallback = [image for image, row in zip(images, rows, strict=True) if not aligned.detected[row]]
+    quantiles = impostor_quantiles(embeddings, [image.split("/")[0] for image in images], metric) if impostors else None
     return LFWResult(protocol, metric, flip, verification, n_images=len(images), n_fallback=len(fallback),
                      fallback_images=fallback,
-                     seconds=time.perf_counter() - start)
+                     seconds=time.perf_counter() - start, impostors=quantiles)
