@@ -7,6 +7,7 @@ Examples:
   python recognize.py --source photos/ --output annotated/
   python recognize.py --source test_people/            # one subfolder per person: prints a score
   python recognize.py --enrol Ada_Lovelace --source 0 --count 5
+  python recognize.py --serve 8000                      # live view in a browser: http://127.0.0.1:8000/
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 from utils.paths import PEOPLE_DIR
+from utils.recognition.matching import DEFAULT_FALSE_NAMING
 from utils.recognition.sources import (
     Frame,
     FrameSink,
@@ -42,8 +44,14 @@ Distances are squared L2 between L2-normalised embeddings (0 to 4). A face's dis
 is its distance to the mean of that person's picture embeddings (rescaled to unit length; see
 utils/recognition/matching.py for why the mean and not the closest picture); the face is named after the
 nearest person when that distance is at most the threshold, else "unknown".
-The default threshold is the one chosen by the model's LFW View 2 evaluation (stored in
-weights/<model>.json by evaluate.py); a model without one needs --threshold.
+The default threshold keeps strangers from being named: a stranger is compared with every gallery
+person, so with G people and a per-pair false-accept rate FAR(t) about 1-(1-FAR(t))^G of strangers are
+named as someone. The threshold is the distance t at which that share is --false-naming (default
+{DEFAULT_FALSE_NAMING:.0%}), read from the distances between pictures of different LFW people the model
+was not trained on (stored in weights/<model>.json by `python evaluate.py --model M --protocol
+view2-unseen`); it shrinks as the gallery grows. It is printed at start-up, e.g. "threshold 0.87: about
+1% of strangers named as one of the 5 people". A model without those distances falls back on its LFW
+View 2 accuracy threshold, which names far more strangers; one without either needs --threshold.
 
 --json prints one line per frame on stdout:
   {{"frame": 0, "image": null, "faces": [{{"box": [left, top, right, bottom], "name": "Ada" or "unknown",
@@ -75,8 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"OpenFace nn4.small2.v1)")
     parser.add_argument("--weights", type=Path, help="weights file (default weights/<model>.weights.h5)")
     parser.add_argument("--threshold", type=float,
-                        help="squared L2 distance above which a face is unknown (default: from the model's "
-                             "LFW evaluation)")
+                        help="squared L2 distance above which a face is unknown (default: the distance at which "
+                             "about --false-naming of strangers are named as one of the gallery's people)")
+    parser.add_argument("--false-naming", type=float, default=DEFAULT_FALSE_NAMING, metavar="RATE",
+                        help="share of strangers the default threshold may name as a gallery person "
+                             "(default %(default)s, i.e. 1%%; ignored with --threshold)")
     parser.add_argument("--show-distance", action="store_true", help="print the distance on each label")
     speed = parser.add_argument_group("speed")
     speed.add_argument("--detect-every", type=int, default=DEFAULT_DETECT_EVERY, metavar="N",
@@ -96,6 +107,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     out.add_argument("--output", type=Path, help="write annotated frames to a video (.mp4, .avi, ...) or a folder")
     out.add_argument("--json", action="store_true", help="print one JSON line per frame on stdout")
     out.add_argument("--no-window", action="store_true", help="do not open a window")
+    out.add_argument("--serve", metavar="[HOST:]PORT",
+                     help="show the live view in a browser instead of a window: the annotated video, the names "
+                          "seen with their distances, and an enrol button (host default 127.0.0.1, only this "
+                          "computer; 0.0.0.0 lets the network in, without a password)")
     out.add_argument("--reconnect", type=int, default=5, metavar="N",
                      help="reconnection attempts when a stream URL drops (default 5)")
     enrol = parser.add_argument_group("enrolment")
@@ -111,6 +126,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--detect-scale must be in (0, 4] and --upsample counts non-negative")
     if args.threshold is not None and not 0 <= args.threshold <= 4:
         parser.error("--threshold is a squared L2 distance between unit vectors: between 0 and 4")
+    if not 0 < args.false_naming < 1:
+        parser.error("--false-naming is a share of strangers: between 0 and 1 (0.01 is 1%)")
+    if args.serve is not None:
+        from utils.recognition.web import parse_address
+
+        try:
+            args.serve = parse_address(args.serve)
+        except ValueError as err:
+            parser.error(str(err))
+        if args.enrol or args.output or args.json:
+            parser.error("--serve shows the live view in a browser: it does not combine with --enrol, --output "
+                         "or --json (enrol from the page)")
     return args
 
 
@@ -152,8 +179,10 @@ def run_enrol(args: argparse.Namespace, source: FrameSource) -> int:
     return 0
 
 
-def load_recognizer(args: argparse.Namespace, detect_every: int):
-    """Model, threshold and gallery; SetupError with a clear message when one is missing."""
+def load_recognizer(args: argparse.Namespace, detect_every: int, allow_empty: bool = False):
+    """(recognizer, reload_gallery): model, threshold and gallery, and a function that rebuilds the
+    gallery from args.people (and the default threshold for its size) and returns its people.
+    SetupError with a clear message when something is missing."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from models.weights import MissingWeightsError, load_model, weights_path
     from utils.embedding import embed_faces, model_input_size
@@ -161,14 +190,12 @@ def load_recognizer(args: argparse.Namespace, detect_every: int):
     from utils.recognition.matching import NoThresholdError, default_threshold
     from utils.recognition.tracking import VideoRecognizer
 
-    threshold = args.threshold
-    if threshold is None:
+    rule = None
+    if args.threshold is None:
         try:
-            threshold = default_threshold(args.model)
+            rule = default_threshold(args.model, args.false_naming)
         except (NoThresholdError, ValueError) as err:  # ValueError: damaged weights/<model>.json
             raise SetupError(str(err)) from None
-        say(f"threshold {threshold:.3f} (from the LFW View 2 evaluation of {args.model})"
-            + ("; it was measured with the default weights, not " + str(args.weights) if args.weights else ""))
     if not args.people.is_dir():
         raise SetupError(f"gallery folder not found: {args.people} (see people/README.md)")
     try:
@@ -180,17 +207,33 @@ def load_recognizer(args: argparse.Namespace, detect_every: int):
     def embed(faces):
         return embed_faces(model, faces)
 
+    fingerprint = model_fingerprint(args.model, args.weights or weights_path(args.model))
+
+    def gallery_and_threshold():
+        gallery = build_gallery(args.people, embed, fingerprint, args.model, output_size=size,
+                                detector=args.detector)
+        for issue in gallery.issues:
+            say(f"gallery: {issue}")
+        say(f"gallery: {len(gallery.people)} people, {len(gallery)} pictures "
+            f"({gallery.embedded_now} embedded now, {len(gallery) - gallery.embedded_now} from the cache)")
+        if rule is None or not gallery.people:
+            return gallery, args.threshold if rule is None else rule.value(1)
+        say(rule.describe(len(gallery.people))
+            + ("; measured with the default weights, not " + str(args.weights) if args.weights else ""))
+        return gallery, rule.value(len(gallery.people))
+
     say(f"embedding the gallery {args.people} with {args.model} ...")
-    gallery = build_gallery(args.people, embed, model_fingerprint(args.model, args.weights or weights_path(args.model)),
-                            args.model, output_size=size, detector=args.detector)
-    for issue in gallery.issues:
-        say(f"gallery: {issue}")
-    if not gallery.people:
+    gallery, threshold = gallery_and_threshold()
+    if not gallery.people and not allow_empty:
         raise SetupError(f"no usable pictures in {args.people}: add people/<Name>.jpg or people/<Name>/*.jpg "
                          f"(see people/README.md) or use --enrol NAME")
-    say(f"gallery: {len(gallery.people)} people, {len(gallery)} pictures "
-        f"({gallery.embedded_now} embedded now, {len(gallery) - gallery.embedded_now} from the cache)")
-    return VideoRecognizer(make_aligner(args, size), embed, gallery, threshold, detect_every)
+    recognizer = VideoRecognizer(make_aligner(args, size), embed, gallery, threshold, detect_every)
+
+    def reload_gallery() -> list[str]:
+        recognizer.gallery, recognizer.threshold = gallery_and_threshold()
+        return recognizer.gallery.people
+
+    return recognizer, reload_gallery
 
 
 def frame_record(frame: Frame, faces) -> dict:
@@ -210,7 +253,7 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
     from utils.recognition.drawing import draw_face, draw_fps
     from utils.recognition.scoring import LabelledScore
 
-    recognizer = load_recognizer(args, 1 if source.stills else args.detect_every)
+    recognizer, _ = load_recognizer(args, 1 if source.stills else args.detect_every)
     no_window = None if args.no_window else window_unavailable()
     show = not args.no_window and no_window is None
     if no_window:
@@ -267,6 +310,18 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace, source: FrameSource) -> int:
+    """The live view in a browser until Ctrl-C (utils/recognition/web.py)."""
+    from utils.recognition.web import LiveView, serve
+
+    recognizer, reload_gallery = load_recognizer(args, 1 if source.stills else args.detect_every, allow_empty=True)
+    if not recognizer.gallery.people:
+        say("the gallery is empty: enrol people from the page")
+    view = LiveView(source, recognizer, args.people, reload_gallery, show_distance=True, log=say)
+    serve(view, *args.serve, log=say)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_opencv()
@@ -275,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         source = open_source(args.source, log=say, retries=args.reconnect)
         if args.enrol:
             return run_enrol(args, source)
+        if args.serve:
+            return run_serve(args, source)
         return run_recognition(args, source)
     except (SetupError, OutputError) as err:
         say(f"error: {err}")
