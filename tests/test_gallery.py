@@ -242,16 +242,23 @@ def test_default_threshold_falls_back_on_the_view2_threshold_or_asks_for_an_eval
         default_threshold("nn2")
 
 
-def test_impostor_quantiles_use_every_pair_of_different_people():
+def test_impostor_quantiles_measure_strangers_against_each_persons_mean():
     from utils.evaluation.metrics import impostor_quantiles
 
     embeddings = np.array([[1.0, 0], [1.0, 0], [0, 1.0], [-1.0, 0]])
-    people = ["a", "a", "b", "c"]  # impostor pairs: a-b twice (2.0), a-c twice (4.0), b-c once (2.0)
-    result = impostor_quantiles(embeddings, people, fars=np.array([0.2, 0.5, 1.0]))
-    assert result["n_pairs"] == 5 and result["n_images"] == 4
+    people = ["a", "a", "b", "c"]
+    # one picture per person: a is its first picture; a's two pictures meet b (2) and c (4),
+    # b meets a and c (2, 2), c meets a and b (4, 2): five 2s and three 4s
+    result = impostor_quantiles(embeddings, people, fars=np.array([0.2, 0.5, 1.0]), pictures_per_person=1)
+    assert result["n_pairs"] == 8 and result["n_people"] == 3
     assert result["distance"] == [2.0, 2.0, 4.0]
+    # two pictures: only a is a gallery person; b (distance 2) and c (4) are its strangers
+    result = impostor_quantiles(embeddings, people, fars=np.array([0.5, 1.0]), pictures_per_person=2)
+    assert result["n_pairs"] == 2 and result["distance"] == [3.0, 4.0]
+    with pytest.raises(ValueError, match="nobody has 3 pictures"):
+        impostor_quantiles(embeddings, people, pictures_per_person=3)
     with pytest.raises(ValueError, match="no pairs of different people"):
-        impostor_quantiles(embeddings[:2], ["a", "a"])
+        impostor_quantiles(embeddings[:2], ["a", "a"], pictures_per_person=1)
 
 
 def test_every_readable_image_format_is_a_gallery_picture(tmp_path, lfw_root):

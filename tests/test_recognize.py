@@ -43,7 +43,11 @@ REPO = Path(__file__).resolve().parent.parent
 FRAMES_PER_SCENE = 5
 # The five-celebrity people also appear in LFW under these names: never strangers.
 FIVE_CELEBRITY_IN_LFW = {"Ben_Affleck", "Elton_John", "Jerry_Seinfeld", "Madonna", "Mindy_Kaling"}
-KNOWN_RATE, UNKNOWN_RATE = 0.90, 0.80
+KNOWN_RATE, UNKNOWN_RATE = 0.90, 0.95
+# The default threshold names about 1% of strangers; on five-celebrity's varied web photos that costs
+# known faces: 67% of their frames were named when measured (benchmarks/stranger_naming.py: 64% of
+# the val pictures), against 100% for the LFW gallery.
+FIVE_CELEBRITY_KNOWN_RATE = 0.60
 DETECT_EVERY = recognize.DEFAULT_DETECT_EVERY  # the LFW-gallery run uses the default
 
 
@@ -126,7 +130,8 @@ def check_json_lines(stdout: str, frames: int, threshold: float) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def openface_threshold() -> float:
+def openface_threshold():
+    """The default threshold rule of the default model (its value depends on the gallery's size)."""
     from utils.recognition.matching import default_threshold
 
     return default_threshold(recognize.DEFAULT_MODEL)
@@ -157,14 +162,15 @@ def test_end_to_end_five_celebrity_gallery(tmp_path, shared_data, aligner, stran
     assert "madonna/corrupt.jpg: damaged or truncated image data" in result.stderr
     assert "Broken_Person.jpg: not a readable image" in result.stderr
     assert "Broken_Person: no usable image" in result.stderr
-    assert f"threshold {openface_threshold:.3f}" in result.stderr
+    threshold = openface_threshold.value(5)
+    assert f"threshold {threshold:.3f}: about 1% of strangers named as one of the 5 people" in result.stderr
     assert "no window:" in result.stderr  # headless OpenCV here: the user is told how to get a window
 
-    lines = check_json_lines(result.stdout, frames, openface_threshold)
+    lines = check_json_lines(result.stdout, frames, threshold)
     known_rate, unknown_rate = score(lines, truth)
     print(f"\nfive-celebrity gallery, {len(known)} known + {len(strangers)} stranger scenes: "
           f"{known_rate:.1%} of known-face frames named correctly, {unknown_rate:.1%} of stranger frames unknown")
-    assert known_rate >= KNOWN_RATE, f"known faces named correctly in only {known_rate:.1%} of frames"
+    assert known_rate >= FIVE_CELEBRITY_KNOWN_RATE, f"known faces named correctly in only {known_rate:.1%} of frames"
     assert unknown_rate >= UNKNOWN_RATE, f"strangers unknown in only {unknown_rate:.1%} of frames"
 
     annotated = cv2.VideoCapture(str(tmp_path / "annotated.avi"))
@@ -204,7 +210,7 @@ def test_end_to_end_lfw_gallery_default_settings(tmp_path, lfw_root, lfw_people,
     result = run_recognize("--source", str(video), "--people", str(people), "--json", "--no-window",
                            "--output", str(tmp_path / "annotated"))
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = check_json_lines(result.stdout, frames, openface_threshold)
+    lines = check_json_lines(result.stdout, frames, openface_threshold.value(len(lfw_people)))
     assert any(f["tracked"] for r in lines for f in r["faces"])
     assert all(f["tracked"] == (r["frame"] % DETECT_EVERY != 0) for r in lines for f in r["faces"])
     known_rate, unknown_rate = score(lines, truth)
