@@ -76,7 +76,7 @@ def main() -> None:
                 (people / person.name).symlink_to(person.resolve())
             gallery = build_gallery(people, embed, model_fingerprint(name, weights_path(name)), name,
                                     output_size=size)
-        faces, truth, pictures = known_faces(root / "val", FaceAligner(size))
+        faces, truth, pictures = known_faces(root / "val", FaceAligner(size, upsample=0))
         known = embed(faces)
         strangers = embed(stranger_faces(size))
         thresholds = {"old (LFW View 2 accuracy)": read_metadata(name)["lfw_view2"]["threshold"],

@@ -45,7 +45,7 @@ FRAMES_PER_SCENE = 5
 FIVE_CELEBRITY_IN_LFW = {"Ben_Affleck", "Elton_John", "Jerry_Seinfeld", "Madonna", "Mindy_Kaling"}
 KNOWN_RATE, UNKNOWN_RATE = 0.90, 0.95
 # The default threshold names about 1% of strangers; on five-celebrity's varied web photos that costs
-# known faces: 67% of their frames were named when measured (benchmarks/stranger_naming.py: 64% of
+# known faces: 67% of their frames were named when measured (benchmarks/stranger_naming.py: 60% of
 # the val pictures), against 100% for the LFW gallery.
 FIVE_CELEBRITY_KNOWN_RATE = 0.60
 DETECT_EVERY = recognize.DEFAULT_DETECT_EVERY  # the LFW-gallery run uses the default

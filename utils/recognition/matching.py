@@ -133,8 +133,9 @@ class DefaultThreshold:
                     f"impostor distances stored, so the share of strangers named is not known and can be high: "
                     f"run `{evaluate_command(self.model_name, 'view2-unseen')}`)")
         return (f"threshold {value:.3f}: about {self.false_naming:.0%} of strangers named as one of the {people} "
-                f"{'person' if people == 1 else 'people'} (from {self.model_name}'s distances between "
-                f"{self.impostors['n_pairs']:,} pairs of LFW people it was not trained on)")
+                f"{'person' if people == 1 else 'people'} (from {self.model_name}'s distances of LFW faces to "
+                f"the mean embeddings of {self.impostors.get('n_people', 'other')} other LFW people, none of them "
+                f"trained on)")
 
 
 def default_threshold(model_name: str, false_naming: float = DEFAULT_FALSE_NAMING) -> DefaultThreshold:
