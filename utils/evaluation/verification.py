@@ -61,7 +61,7 @@ class LFWResult:
     n_fallback: int            # images among n_images with no detected face (centre-crop fallback)
     fallback_images: list[str]
     seconds: float             # embedding and scoring, cache loading excluded
-    impostors: dict | None = None  # impostor_quantiles of every different-person pair of the images
+    impostors: dict | None = None  # impostor_quantiles of the images (strangers to other people's means)
 
     @property
     def n_pairs(self) -> int:
@@ -132,8 +132,9 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
     ``aligned`` is the aligned cache to read faces from; without it the cache of ``lfw_root``
     (default ``utils.paths.lfw_dir()``) at the model's input size and ``landmarks`` is loaded, or
     built on first use. ``flip`` (Keras models only) averages each face's embedding with its
-    mirror image's. ``impostors`` adds the quantiles of the distances of every pair of the
-    protocol's images from different people (not only the pairs listed), for choosing thresholds.
+    mirror image's. ``impostors`` adds the quantiles of the distances from the protocol's images to
+    the mean embeddings of other people among them (:func:`utils.evaluation.metrics.impostor_quantiles`),
+    for choosing thresholds; None when nobody has enough pictures.
     Thresholds are searched on ``utils.evaluation.metrics.DEFAULT_THRESHOLDS[metric]``.
     Raises ``DatasetError`` (a ``ValueError``) for missing protocol files, a missing LFW folder
     or images that the pairs reference but the folder or cache lacks.
@@ -172,7 +173,12 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
         verification = train_test_verification(distances["train"], same["train"], distances["test"],
                                                same["test"], thresholds)
     fallback = [image for image, row in zip(images, rows, strict=True) if not aligned.detected[row]]
-    quantiles = impostor_quantiles(embeddings, [image.split("/")[0] for image in images], metric) if impostors else None
+    quantiles = None
+    if impostors:
+        try:
+            quantiles = impostor_quantiles(embeddings, [image.split("/")[0] for image in images], metric)
+        except ValueError:  # nobody with enough pictures to stand for a gallery person: nothing to store
+            quantiles = None
     return LFWResult(protocol, metric, flip, verification, n_images=len(images), n_fallback=len(fallback),
                      fallback_images=fallback,
                      seconds=time.perf_counter() - start, impostors=quantiles)
