@@ -8,8 +8,8 @@ result and one ROC plot:
 A View 2 run of a registry model with its default weights, squared L2 and no flip (the setting
 recognize.py uses) also stores accuracy, std, AUC and mean threshold in the model's metadata
 (``lfw_view2``); a view2-unseen run stores its figures (``lfw_view2_unseen``) with the quantiles of
-the distances between every two pictures of different people among its images, where recognize.py
-takes its default threshold from (a target share of strangers falsely named).
+the distances from its images to other people's mean embeddings, where recognize.py takes its
+default threshold from (a target share of strangers falsely named).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The end-to-end run uses the real five-celebrity data: the gallery is five-celebrity/train,
 the source five-celebrity/val (the same five subfolder names) plus a subfolder of LFW
-strangers, recognised with ANG's shipped weights.
+strangers, recognised with ANG's shipped weights at a lenient threshold.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from utils.recognition.tracking import RecognizedFace
 
 REPO = Path(__file__).resolve().parent.parent
 STRANGERS = ["Abdullah_Gul", "Colin_Powell", "Serena_Williams"]  # LFW people, none of the five
+THRESHOLD = "1.0"  # lenient (the default, for 1% of strangers, names 8 of the 25): this test is about the score
 
 
 def link_folders(target: Path, source: Path) -> None:
@@ -49,7 +50,7 @@ def test_folder_of_people_is_recognised_and_scored(tmp_path, shared_data, lfw_ro
             (probes / "strangers" / image.name).symlink_to(image)
 
     result = subprocess.run([sys.executable, "recognize.py", "--model", "ang", "--source", str(probes),
-                             "--people", str(people), "--json", "--upsample", "0", "1"],
+                             "--people", str(people), "--json", "--upsample", "0", "1", "--threshold", THRESHOLD],
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
