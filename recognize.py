@@ -263,7 +263,7 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
     draw = show or sink is not None
     log_changes = not (show or sink or args.json)
     last_names: list[str] | None = None
-    score = LabelledScore(recognizer.gallery.people)
+    score = None  # made at the first labelled picture (a folder of people)
     fps, started, frames, tick = 0.0, time.perf_counter(), 0, time.perf_counter()
     try:
         for frame in source:
@@ -274,6 +274,7 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
             if args.json:
                 print(json.dumps(frame_record(frame, faces)), flush=True)
             if frame.label is not None:
+                score = score or LabelledScore(recognizer.gallery.people)
                 score.add(frame.label, faces)
             if log_changes:
                 names = sorted(f.match.name or "unknown" for f in faces)
@@ -301,7 +302,7 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
         if show:
             cv2.destroyAllWindows()
     elapsed = time.perf_counter() - started
-    if score.tallies:
+    if score:
         if args.json:
             print(json.dumps({"score": score.to_dict()}), flush=True)
         print(score.table(), file=sys.stderr if args.json else sys.stdout, flush=True)

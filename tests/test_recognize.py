@@ -274,7 +274,7 @@ def test_camera_that_stops_delivering_ends_the_run_cleanly(monkeypatch, capsys, 
             return []
 
     monkeypatch.setattr(recognize, "open_source", lambda *a, **k: CameraSource(0, opener=lambda i: FakeCapture(3)))
-    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: StubRecognizer())
+    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: (StubRecognizer(), None))
     monkeypatch.setattr("utils.recognition.sources.time.sleep", lambda s: None)
     code = recognize.main(["--json", "--no-window"])
     captured = capsys.readouterr()
@@ -441,7 +441,7 @@ def stub_recognizer(monkeypatch):
         def process(self, rgb):
             return []
 
-    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: NoFaces())
+    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: (NoFaces(), None))
 
 
 def test_damaged_model_metadata_is_a_clear_error(tmp_path, monkeypatch, capsys, one_image):
