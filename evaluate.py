@@ -9,7 +9,9 @@ result and one ROC plot:
 
 A View 2 run of a registry model with its default weights, squared L2 and no flip (the setting
 recognize.py uses) also stores accuracy, std, AUC and mean threshold in the model's metadata
-(``lfw_view2``), where recognize.py takes its default threshold from.
+(``lfw_view2``); a view2-unseen run stores its figures (``lfw_view2_unseen``) with the quantiles of
+the distances from its images to other people's mean embeddings, where recognize.py takes its
+default threshold from (a target share of strangers falsely named).
 """
 from __future__ import annotations
 
@@ -141,7 +143,8 @@ def _evaluate(args: argparse.Namespace) -> list[tuple]:
         if size not in caches:
             caches[size] = load_or_build(args.root, output_size=size, workers=args.workers)
         result = evaluate_pairs(embedder, splits, args.protocol, aligned=caches[size], flip=args.flip,
-                                metric=args.metric, batch_size=args.batch_size, progress=True)
+                                metric=args.metric, batch_size=args.batch_size, progress=True,
+                                impostors=args.protocol == "view2-unseen")
         rows.append((name, weights, result, time.perf_counter() - start))
     return rows
 
@@ -174,7 +177,8 @@ def _store_metadata(args: argparse.Namespace, rows) -> list[str]:
         update_metadata(name, **{key: {
             "accuracy": v.accuracy, "accuracy_std": v.accuracy_std, "auc": v.auc, "eer": v.eer,
             "threshold": v.threshold, "metric": args.metric, "flip": False, "n_pairs": v.n_pairs,
-            "n_fallback": result.n_fallback, "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds")}})
+            "n_fallback": result.n_fallback, "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"impostor_quantiles": result.impostors} if result.impostors else {})}})
         stored.append(name)
     return stored
 

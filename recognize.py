@@ -5,7 +5,9 @@ Examples:
   python recognize.py --source clip.mp4 --output out.mp4 --show-distance
   python recognize.py --source rtsp://user:pass@host/stream --json > faces.jsonl
   python recognize.py --source photos/ --output annotated/
+  python recognize.py --source test_people/            # one subfolder per person: prints a score
   python recognize.py --enrol Ada_Lovelace --source 0 --count 5
+  python recognize.py --serve 8000                      # live view in a browser: http://127.0.0.1:8000/
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from utils.console import import_tensorflow_quietly
 from utils.paths import PEOPLE_DIR
+from utils.recognition.matching import DEFAULT_FALSE_NAMING
 from utils.recognition.sources import (
     Frame,
     FrameSink,
@@ -41,14 +44,26 @@ Distances are squared L2 between L2-normalised embeddings (0 to 4). A face's dis
 is its distance to the mean of that person's picture embeddings (rescaled to unit length; see
 utils/recognition/matching.py for why the mean and not the closest picture); the face is named after the
 nearest person when that distance is at most the threshold, else "unknown".
-The default threshold is the one chosen by the model's LFW View 2 evaluation (stored in
-weights/<model>.json by evaluate.py); a model without one needs --threshold.
+The default threshold keeps strangers from being named: a stranger is compared with every gallery
+person, so with G people and a per-pair false-accept rate FAR(t) about 1-(1-FAR(t))^G of strangers are
+named as someone. The threshold is the distance t at which that share is --false-naming (default
+{DEFAULT_FALSE_NAMING:.0%}), read from the distances between pictures of different LFW people the model
+was not trained on (stored in weights/<model>.json by `python evaluate.py --model M --protocol
+view2-unseen`); it shrinks as the gallery grows. It is printed at start-up, e.g. "threshold 0.87: about
+1% of strangers named as one of the 5 people". A model without those distances falls back on its LFW
+View 2 accuracy threshold, which names far more strangers; one without either needs --threshold.
 
 --json prints one line per frame on stdout:
   {{"frame": 0, "image": null, "faces": [{{"box": [left, top, right, bottom], "name": "Ada" or "unknown",
     "known": true, "distance": 0.41, "nearest": "Ada", "tracked": false}}]}}
 ("image" is the file name for image sources; "tracked" marks boxes followed between detections;
 "nearest" is the closest person even when the face is unknown.) Messages go to stderr.
+
+A folder of people (one subfolder of pictures per person, like the gallery) is scored: each
+picture's largest face is named correctly, named wrongly, unknown, or no face is found; the
+table per person and in total ends the run. Subfolders named like no gallery person are strangers
+(unknown is right for them). Its frames' JSON lines carry "label" (the subfolder), and with --json
+a last line {{"score": {{"people": {{...}}, "known_total": {{...}}, "strangers_total": {{...}}}}}} follows.
 
 Exit status: 0 done; {EXIT_SOURCE_STOPPED} the source stopped delivering frames (a camera or stream that
 stopped, or a video file that ends before the frame count its header announces: damaged or cut short;
@@ -63,15 +78,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="0",
                         help="camera index (default 0), video file, rtsp:// or http(s):// URL, image file, "
-                             "or folder of images")
+                             "folder of images, or folder of people (one subfolder per person: scored)")
     parser.add_argument("--people", type=Path, default=PEOPLE_DIR, help=f"gallery folder (default {PEOPLE_DIR})")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"registry model name (models/__init__.py; default {DEFAULT_MODEL}: pretrained "
                              f"OpenFace nn4.small2.v1)")
     parser.add_argument("--weights", type=Path, help="weights file (default weights/<model>.weights.h5)")
     parser.add_argument("--threshold", type=float,
-                        help="squared L2 distance above which a face is unknown (default: from the model's "
-                             "LFW evaluation)")
+                        help="squared L2 distance above which a face is unknown (default: the distance at which "
+                             "about --false-naming of strangers are named as one of the gallery's people)")
+    parser.add_argument("--false-naming", type=float, default=DEFAULT_FALSE_NAMING, metavar="RATE",
+                        help="share of strangers the default threshold may name as a gallery person "
+                             "(default %(default)s, i.e. 1%%; ignored with --threshold)")
     parser.add_argument("--show-distance", action="store_true", help="print the distance on each label")
     speed = parser.add_argument_group("speed")
     speed.add_argument("--detect-every", type=int, default=DEFAULT_DETECT_EVERY, metavar="N",
@@ -92,6 +110,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     out.add_argument("--json", action="store_true", help="print one JSON line per frame on stdout")
     out.add_argument("--no-window", action="store_true", help="do not open a window")
     out.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and log lines")
+    out.add_argument("--serve", metavar="[HOST:]PORT",
+                     help="show the live view in a browser instead of a window: the annotated video, the names "
+                          "seen with their distances, and an enrol button (host default 127.0.0.1, only this "
+                          "computer; 0.0.0.0 lets the network in, without a password)")
     out.add_argument("--reconnect", type=int, default=5, metavar="N",
                      help="reconnection attempts when a stream URL drops (default 5)")
     enrol = parser.add_argument_group("enrolment")
@@ -107,6 +129,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--detect-scale must be in (0, 4] and --upsample counts non-negative")
     if args.threshold is not None and not 0 <= args.threshold <= 4:
         parser.error("--threshold is a squared L2 distance between unit vectors: between 0 and 4")
+    if not 0 < args.false_naming < 1:
+        parser.error("--false-naming is a share of strangers: between 0 and 1 (0.01 is 1%)")
+    if args.serve is not None:
+        from utils.recognition.web import parse_address
+
+        try:
+            args.serve = parse_address(args.serve)
+        except ValueError as err:
+            parser.error(str(err))
+        if args.enrol or args.output or args.json:
+            parser.error("--serve shows the live view in a browser: it does not combine with --enrol, --output "
+                         "or --json (enrol from the page)")
     return args
 
 
@@ -148,8 +182,10 @@ def run_enrol(args: argparse.Namespace, source: FrameSource) -> int:
     return 0
 
 
-def load_recognizer(args: argparse.Namespace, detect_every: int):
-    """Model, threshold and gallery; SetupError with a clear message when one is missing."""
+def load_recognizer(args: argparse.Namespace, detect_every: int, allow_empty: bool = False):
+    """(recognizer, reload_gallery): model, threshold and gallery, and a function that rebuilds the
+    gallery from args.people (and the default threshold for its size) and returns its people.
+    SetupError with a clear message when something is missing."""
     import_tensorflow_quietly(args.verbose)
     from models.weights import MissingWeightsError, load_model, weights_path
     from utils.embedding import embed_faces, model_input_size
@@ -157,14 +193,12 @@ def load_recognizer(args: argparse.Namespace, detect_every: int):
     from utils.recognition.matching import NoThresholdError, default_threshold
     from utils.recognition.tracking import VideoRecognizer
 
-    threshold = args.threshold
-    if threshold is None:
+    rule = None
+    if args.threshold is None:
         try:
-            threshold = default_threshold(args.model)
+            rule = default_threshold(args.model, args.false_naming)
         except (NoThresholdError, ValueError) as err:  # ValueError: damaged weights/<model>.json
             raise SetupError(str(err)) from None
-        say(f"threshold {threshold:.3f} (from the LFW View 2 evaluation of {args.model})"
-            + ("; it was measured with the default weights, not " + str(args.weights) if args.weights else ""))
     if not args.people.is_dir():
         raise SetupError(f"gallery folder not found: {args.people} (see people/README.md)")
     try:
@@ -176,34 +210,54 @@ def load_recognizer(args: argparse.Namespace, detect_every: int):
     def embed(faces):
         return embed_faces(model, faces)
 
+    fingerprint = model_fingerprint(args.model, args.weights or weights_path(args.model))
+
+    def gallery_and_threshold():
+        gallery = build_gallery(args.people, embed, fingerprint, args.model, output_size=size,
+                                detector=args.detector)
+        for issue in gallery.issues:
+            say(f"gallery: {issue}")
+        say(f"gallery: {len(gallery.people)} people, {len(gallery)} pictures "
+            f"({gallery.embedded_now} embedded now, {len(gallery) - gallery.embedded_now} from the cache)")
+        if rule is None or not gallery.people:
+            return gallery, args.threshold if rule is None else rule.value(1)
+        say(rule.describe(len(gallery.people))
+            + ("; measured with the default weights, not " + str(args.weights) if args.weights else ""))
+        return gallery, rule.value(len(gallery.people))
+
     say(f"embedding the gallery {args.people} with {args.model} ...")
-    gallery = build_gallery(args.people, embed, model_fingerprint(args.model, args.weights or weights_path(args.model)),
-                            args.model, output_size=size, detector=args.detector)
-    for issue in gallery.issues:
-        say(f"gallery: {issue}")
-    if not gallery.people:
+    gallery, threshold = gallery_and_threshold()
+    if not gallery.people and not allow_empty:
         raise SetupError(f"no usable pictures in {args.people}: add people/<Name>.jpg or people/<Name>/*.jpg "
                          f"(see people/README.md) or use --enrol NAME")
-    say(f"gallery: {len(gallery.people)} people, {len(gallery)} pictures "
-        f"({gallery.embedded_now} embedded now, {len(gallery) - gallery.embedded_now} from the cache)")
-    return VideoRecognizer(make_aligner(args, size), embed, gallery, threshold, detect_every)
+    recognizer = VideoRecognizer(make_aligner(args, size), embed, gallery, threshold, detect_every)
+
+    def reload_gallery() -> list[str]:
+        recognizer.gallery, recognizer.threshold = gallery_and_threshold()
+        return recognizer.gallery.people
+
+    return recognizer, reload_gallery
 
 
 def frame_record(frame: Frame, faces) -> dict:
     """The --json line of one frame (boxes in the pixels of the source, also for a photo read shrunk)."""
-    return {"frame": frame.index, "image": frame.name,
-            "faces": [{"box": [round(v / frame.scale) for v in f.box], "name": f.match.name or "unknown",
-                       "known": f.match.known, "distance": round(f.match.distance, 4), "nearest": f.match.nearest,
-                       "tracked": f.tracked}
-                      for f in faces]}
+    record = {"frame": frame.index, "image": frame.name,
+              "faces": [{"box": [round(v / frame.scale) for v in f.box], "name": f.match.name or "unknown",
+                         "known": f.match.known, "distance": round(f.match.distance, 4), "nearest": f.match.nearest,
+                         "tracked": f.tracked}
+                        for f in faces]}
+    if frame.label is not None:
+        record["label"] = frame.label
+    return record
 
 
 def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
     import cv2
 
     from utils.recognition.drawing import draw_face, draw_fps
+    from utils.recognition.scoring import LabelledScore
 
-    recognizer = load_recognizer(args, 1 if source.stills else args.detect_every)
+    recognizer, _ = load_recognizer(args, 1 if source.stills else args.detect_every)
     no_window = None if args.no_window else window_unavailable()
     show = not args.no_window and no_window is None
     if no_window:
@@ -213,6 +267,7 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
     draw = show or sink is not None
     log_changes = not (show or sink or args.json)
     last_names: list[str] | None = None
+    score = None  # made at the first labelled picture (a folder of people)
     fps, started, frames, tick = 0.0, time.perf_counter(), 0, time.perf_counter()
     try:
         for frame in source:
@@ -222,6 +277,9 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
             tick, frames = now, frames + 1
             if args.json:
                 print(json.dumps(frame_record(frame, faces)), flush=True)
+            if frame.label is not None:
+                score = score or LabelledScore(recognizer.gallery.people)
+                score.add(frame.label, faces)
             if log_changes:
                 names = sorted(f.match.name or "unknown" for f in faces)
                 if names != last_names or source.stills:
@@ -248,8 +306,24 @@ def run_recognition(args: argparse.Namespace, source: FrameSource) -> int:
         if show:
             cv2.destroyAllWindows()
     elapsed = time.perf_counter() - started
+    if score:
+        if args.json:
+            print(json.dumps({"score": score.to_dict()}), flush=True)
+        print(score.table(), file=sys.stderr if args.json else sys.stdout, flush=True)
     say(f"{frames} frames in {elapsed:.1f} s ({frames / max(elapsed, 1e-6):.1f} frames/s)"
         + (f"; annotated frames in {args.output}" if sink else ""))
+    return 0
+
+
+def run_serve(args: argparse.Namespace, source: FrameSource) -> int:
+    """The live view in a browser until Ctrl-C (utils/recognition/web.py)."""
+    from utils.recognition.web import LiveView, serve
+
+    recognizer, reload_gallery = load_recognizer(args, 1 if source.stills else args.detect_every, allow_empty=True)
+    if not recognizer.gallery.people:
+        say("the gallery is empty: enrol people from the page")
+    view = LiveView(source, recognizer, args.people, reload_gallery, show_distance=True, log=say)
+    serve(view, *args.serve, log=say)
     return 0
 
 
@@ -261,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         source = open_source(args.source, log=say, retries=args.reconnect)
         if args.enrol:
             return run_enrol(args, source)
+        if args.serve:
+            return run_serve(args, source)
         return run_recognition(args, source)
     except (SetupError, OutputError) as err:
         say(f"error: {err}")

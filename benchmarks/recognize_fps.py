@@ -98,7 +98,7 @@ def main() -> None:
         folder = Path(tmp)
         gallery = build_gallery(make_gallery(folder), embed, model_fingerprint(args.model, weights_path(args.model)),
                                 args.model, output_size=size)
-        threshold = default_threshold(args.model)
+        threshold = default_threshold(args.model).value(len(gallery.people))
         videos = make_videos(folder, args.frames)
         aligners = {(up, scale): FaceAligner(size, upsample=up, detect_scale=scale)
                     for up, scale in itertools.product((0, 1), args.detect_scale)}

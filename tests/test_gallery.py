@@ -17,7 +17,14 @@ from PIL import Image
 from utils.faces.align import FaceAligner
 from utils.faces.image_io import read_image
 from utils.recognition.gallery import build_gallery, cache_path, check_person_name, list_gallery, model_fingerprint
-from utils.recognition.matching import NoThresholdError, default_threshold, match, person_distances
+from utils.recognition.matching import (
+    NoThresholdError,
+    default_threshold,
+    match,
+    pair_false_accept_rate,
+    person_distances,
+    threshold_for_false_naming,
+)
 
 MODEL = "test_model"
 
@@ -215,19 +222,59 @@ def test_match_names_the_nearest_person_only_within_the_threshold():
     assert match(np.zeros((0, 3)), gallery, 0.5) == []
 
 
-def test_default_threshold_comes_from_the_lfw_evaluation(monkeypatch):
+IMPOSTORS = {"far": [1e-4, 1e-3, 1e-2, 1e-1, 1.0], "distance": [0.3, 0.5, 0.8, 1.2, 3.0], "n_pairs": 10**6}
+
+
+def test_default_threshold_names_the_target_share_of_strangers(monkeypatch):
+    import models.weights
+
+    monkeypatch.setattr(models.weights, "read_metadata", lambda name: {
+        "lfw_view2": {"threshold": 1.07, "metric": "sqeuclidean"},
+        "lfw_view2_unseen": {"metric": "sqeuclidean", "impostor_quantiles": IMPOSTORS}})
+    rule = default_threshold("nn2", false_naming=0.01)
+    assert rule.value(1) == pytest.approx(0.8)  # one person: the per-pair rate is the target
+    # ten people: each pair may accept 1 - 0.99 ** 0.1 = 0.001005 of strangers
+    assert pair_false_accept_rate(0.01, 10) == pytest.approx(0.001005, rel=1e-3)
+    assert rule.value(10) == pytest.approx(0.5, abs=1e-3)
+    assert rule.value(10) < rule.value(5) < rule.value(1)
+    assert rule.describe(5).startswith(f"threshold {rule.value(5):.3f}: about 1% of strangers named as one of "
+                                       f"the 5 people")
+    assert threshold_for_false_naming(IMPOSTORS, 1e-3, 1000) == 0.3  # below the stored rates: the strictest
+
+
+def test_default_threshold_falls_back_on_the_view2_threshold_or_asks_for_an_evaluation(monkeypatch):
     import models.weights
 
     monkeypatch.setattr(models.weights, "read_metadata",
                         lambda name: {"lfw_view2": {"accuracy": 0.9, "threshold": 0.87, "metric": "sqeuclidean"}})
-    assert default_threshold("nn2") == 0.87
+    rule = default_threshold("nn2")
+    assert rule.value(5) == 0.87 and "--protocol view2-unseen" in rule.describe(5)
     monkeypatch.setattr(models.weights, "read_metadata", lambda name: {})
-    with pytest.raises(NoThresholdError, match="python evaluate.py --model nn2"):
+    with pytest.raises(NoThresholdError, match="python evaluate.py --model nn2 --protocol view2-unseen"):
         default_threshold("nn2")
     monkeypatch.setattr(models.weights, "read_metadata",
                         lambda name: {"lfw_view2": {"threshold": 0.3, "metric": "cosine"}})
     with pytest.raises(NoThresholdError, match="cosine"):
         default_threshold("nn2")
+
+
+def test_impostor_quantiles_measure_strangers_against_each_persons_mean():
+    from utils.evaluation.metrics import impostor_quantiles
+
+    embeddings = np.array([[1.0, 0], [1.0, 0], [0, 1.0], [-1.0, 0]])
+    people = ["a", "a", "b", "c"]
+    # one picture per person: a is its first picture; a's two pictures meet b (2) and c (4),
+    # b meets a and c (2, 2), c meets a and b (4, 2): five 2s and three 4s
+    result = impostor_quantiles(embeddings, people, fars=np.array([0.2, 0.5, 1.0]), pictures_per_person=1)
+    assert result["n_pairs"] == 8 and result["n_people"] == 3
+    assert result["distance"] == [2.0, 2.0, 4.0]
+    # two pictures: only a is a gallery person; b (distance 2) and c (4) are its strangers
+    result = impostor_quantiles(embeddings, people, fars=np.array([0.5, 1.0]), pictures_per_person=2)
+    assert result["n_pairs"] == 2 and result["distance"] == [3.0, 4.0]
+    with pytest.raises(ValueError, match="nobody has 3 pictures"):
+        impostor_quantiles(embeddings, people, pictures_per_person=3)
+    with pytest.raises(ValueError, match="no pairs of different people"):
+        impostor_quantiles(embeddings[:2], ["a", "a"], pictures_per_person=1)
 
 
 def test_every_readable_image_format_is_a_gallery_picture(tmp_path, lfw_root):

@@ -45,7 +45,11 @@ REPO = Path(__file__).resolve().parent.parent
 FRAMES_PER_SCENE = 5
 # The five-celebrity people also appear in LFW under these names: never strangers.
 FIVE_CELEBRITY_IN_LFW = {"Ben_Affleck", "Elton_John", "Jerry_Seinfeld", "Madonna", "Mindy_Kaling"}
-KNOWN_RATE, UNKNOWN_RATE = 0.90, 0.80
+KNOWN_RATE, UNKNOWN_RATE = 0.90, 0.95
+# The default threshold names about 1% of strangers; on five-celebrity's varied web photos that costs
+# known faces: 67% of their frames were named when measured (benchmarks/stranger_naming.py: 60% of
+# the val pictures), against 100% for the LFW gallery.
+FIVE_CELEBRITY_KNOWN_RATE = 0.60
 DETECT_EVERY = recognize.DEFAULT_DETECT_EVERY  # the LFW-gallery run uses the default
 
 
@@ -128,7 +132,8 @@ def check_json_lines(stdout: str, frames: int, threshold: float) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def openface_threshold() -> float:
+def openface_threshold():
+    """The default threshold rule of the default model (its value depends on the gallery's size)."""
     from utils.recognition.matching import default_threshold
 
     return default_threshold(recognize.DEFAULT_MODEL)
@@ -159,14 +164,15 @@ def test_end_to_end_five_celebrity_gallery(tmp_path, shared_data, aligner, stran
     assert "madonna/corrupt.jpg: damaged or truncated image data" in result.stderr
     assert "Broken_Person.jpg: not a readable image" in result.stderr
     assert "Broken_Person: no usable image" in result.stderr
-    assert f"threshold {openface_threshold:.3f}" in result.stderr
+    threshold = openface_threshold.value(5)
+    assert f"threshold {threshold:.3f}: about 1% of strangers named as one of the 5 people" in result.stderr
     assert "no window:" in result.stderr  # headless OpenCV here: the user is told how to get a window
 
-    lines = check_json_lines(result.stdout, frames, openface_threshold)
+    lines = check_json_lines(result.stdout, frames, threshold)
     known_rate, unknown_rate = score(lines, truth)
     print(f"\nfive-celebrity gallery, {len(known)} known + {len(strangers)} stranger scenes: "
           f"{known_rate:.1%} of known-face frames named correctly, {unknown_rate:.1%} of stranger frames unknown")
-    assert known_rate >= KNOWN_RATE, f"known faces named correctly in only {known_rate:.1%} of frames"
+    assert known_rate >= FIVE_CELEBRITY_KNOWN_RATE, f"known faces named correctly in only {known_rate:.1%} of frames"
     assert unknown_rate >= UNKNOWN_RATE, f"strangers unknown in only {unknown_rate:.1%} of frames"
 
     annotated = cv2.VideoCapture(str(tmp_path / "annotated.avi"))
@@ -207,7 +213,7 @@ def test_end_to_end_lfw_gallery_default_settings(tmp_path, lfw_root, lfw_people,
     result = run_recognize("--source", str(video), "--people", str(people), "--json", "--no-window",
                            "--output", str(tmp_path / "annotated"))
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = check_json_lines(result.stdout, frames, openface_threshold)
+    lines = check_json_lines(result.stdout, frames, openface_threshold.value(len(lfw_people)))
     assert any(f["tracked"] for r in lines for f in r["faces"])
     assert all(f["tracked"] == (r["frame"] % DETECT_EVERY != 0) for r in lines for f in r["faces"])
     known_rate, unknown_rate = score(lines, truth)
@@ -271,7 +277,7 @@ def test_camera_that_stops_delivering_ends_the_run_cleanly(monkeypatch, capsys, 
             return []
 
     monkeypatch.setattr(recognize, "open_source", lambda *a, **k: CameraSource(0, opener=lambda i: FakeCapture(3)))
-    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: StubRecognizer())
+    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: (StubRecognizer(), None))
     monkeypatch.setattr("utils.recognition.sources.time.sleep", lambda s: None)
     code = recognize.main(["--json", "--no-window"])
     captured = capsys.readouterr()
@@ -486,7 +492,7 @@ def stub_recognizer(monkeypatch):
         def process(self, rgb):
             return []
 
-    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: NoFaces())
+    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: (NoFaces(), None))
 
 
 def test_damaged_model_metadata_is_a_clear_error(tmp_path, monkeypatch, capsys, one_image):

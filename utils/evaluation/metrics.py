@@ -7,11 +7,13 @@ Verification works on distances between the two embeddings of each pair: a pair 
   fold the threshold that maximises accuracy on the *other* folds is applied to that fold.
 - :func:`train_test_verification`: View 1, threshold chosen on DevTrain, scored on DevTest.
 - :func:`plot_roc_curves`: several ROC curves on one PNG.
+- :func:`impostor_quantiles`: the distance below which a given share of strangers fall from a person's
+  mean embedding (recognize.py picks its default threshold from them).
 - :func:`leave_one_out_1nn_accuracy`, :func:`silhouette`: how well embeddings cluster by identity.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,11 @@ from sklearn.model_selection import KFold
 
 METRICS = ("sqeuclidean", "cosine")
 FAR_TARGET = 1e-3
+IMPOSTOR_FARS = np.round(np.logspace(-5, 0, 26), 7)  # 1e-5 ... 1, five steps per decade
+# Gallery people for impostor distances are the mean of this many pictures: the more pictures, the
+# nearer a stranger comes to the mean (LFW view2-unseen, ANG, distance below which 0.2% of strangers
+# fall: 0.511 to single pictures, 0.481 to means of 2, 0.459 of 4, 0.442 of 8).
+CENTRE_PICTURES = 4
 
 # Threshold grids: squared L2 between unit vectors lies in [0, 4] (OpenFace's grid, step 0.01);
 # cosine distance in [0, 2], the same grid scaled by one half.
@@ -229,6 +236,39 @@ def plot_roc_curves(curves: Mapping[str, VerificationResult], path: str | Path,
     finally:
         plt.close(fig)
     return path
+
+
+def impostor_quantiles(embeddings: np.ndarray, people: Sequence[str], metric: str = "sqeuclidean",
+                       fars: np.ndarray = IMPOSTOR_FARS, pictures_per_person: int = CENTRE_PICTURES) -> dict:
+    """Distances of strangers to gallery-like people, summarised as quantiles.
+
+    Every person with at least ``pictures_per_person`` rows becomes a gallery person: the mean of
+    their first ``pictures_per_person`` embeddings, rescaled to unit length (as recognize.py matches a
+    face to a person). Every row of another person is a stranger to them. ``distance[i]`` is the
+    distance below which the share ``far[i]`` of those stranger-person distances fall: the per-person
+    false-accept rate of threshold ``distance[i]``. Rows should be unit length.
+    """
+    people = np.asarray(people)
+    embeddings = np.asarray(embeddings, np.float64)
+    if len(people) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(people)} people")
+    names, centres = [], []
+    for name in dict.fromkeys(people):
+        rows = embeddings[people == name][:pictures_per_person]
+        if len(rows) == pictures_per_person:
+            centre = rows.mean(axis=0)
+            names.append(name)
+            centres.append(centre / max(np.linalg.norm(centre), 1e-12))
+    if not centres:
+        raise ValueError(f"nobody has {pictures_per_person} pictures to make a gallery person of")
+    distances = pairwise_distances(embeddings, np.array(centres), metric=metric)
+    impostors = distances[people[:, None] != np.array(names)[None, :]]
+    if impostors.size == 0:
+        raise ValueError("no pairs of different people to take impostor distances from")
+    quantiles = np.quantile(impostors, np.asarray(fars, np.float64))
+    return {"far": [float(f) for f in fars], "distance": [round(float(d), 4) for d in quantiles],
+            "n_pairs": int(impostors.size), "n_images": len(people), "n_people": len(names),
+            "pictures_per_person": pictures_per_person}
 
 
 def leave_one_out_1nn_accuracy(embeddings: np.ndarray, labels: np.ndarray,

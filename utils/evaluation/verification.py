@@ -22,6 +22,7 @@ from utils.datasets.lfw import (
     PROTOCOLS,
     MissingImagesError,
     Pair,
+    Person,
     check_images_exist,
     load_dev_pairs,
     load_dev_people,
@@ -34,6 +35,7 @@ from utils.evaluation.metrics import (
     DEFAULT_THRESHOLDS,
     METRICS,
     VerificationResult,
+    impostor_quantiles,
     kfold_verification,
     pair_distances,
     train_test_verification,
@@ -57,6 +59,7 @@ class LFWResult:
     n_fallback: int            # images among n_images with no detected face (centre-crop fallback)
     fallback_images: list[str]
     seconds: float             # embedding and scoring, cache loading excluded
+    impostors: dict | None = None  # impostor_quantiles of the images (strangers to other people's means)
 
     @property
     def n_pairs(self) -> int:
@@ -68,7 +71,7 @@ class LFWResult:
         return {"protocol": self.protocol, "metric": self.metric, "flip": self.flip,
                 **self.verification.to_dict(with_roc), "n_images": self.n_images,
                 "n_fallback": self.n_fallback, "fallback_images": self.fallback_images,
-                "seconds": self.seconds}
+                "seconds": self.seconds, **({"impostor_quantiles": self.impostors} if self.impostors else {})}
 
 
 def keras_embedder(model: keras.Model, batch_size: int = 64, flip: bool = False,
@@ -93,6 +96,13 @@ def protocol_pairs(protocol: str, protocol_dir: str | Path | None = None) -> dic
     raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
 
 
+def unseen_people_outside_view2(protocol_dir: str | Path | None = None) -> list[Person]:
+    """peopleDevTest.txt people with no picture in the view2-unseen pairs: strangers to our models whose
+    pictures the stored impostor distances (and so recognize.py's default threshold) never saw."""
+    used = {image.split("/")[0] for image in pair_images(protocol_pairs("view2-unseen", protocol_dir)["all"])}
+    return [person for person in load_dev_people("test", protocol_dir) if person.name not in used]
+
+
 def _rows_of(aligned: AlignedFaces, images: list[str]) -> list[int]:
     """Cache rows of the images; a clear error naming any image the cache lacks."""
     unreadable = sorted(set(images) & set(aligned.unreadable))
@@ -114,7 +124,7 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
                  lfw_root: str | Path | None = None, aligned: AlignedFaces | None = None,
                  flip: bool = False, metric: str = "sqeuclidean", protocol_dir: str | Path | None = None,
                  batch_size: int = 64, landmarks: str = "outer_eyes_and_nose",
-                 progress: bool = False) -> LFWResult:
+                 progress: bool = False, impostors: bool = False) -> LFWResult:
     """LFW verification of a Keras model or an :data:`Embedder` on one of :data:`PROTOCOLS`.
 
     ``lfw_root`` defaults to ``utils.paths.lfw_dir()``, ``protocol_dir`` to the official protocol
@@ -122,7 +132,7 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
     """
     return evaluate_pairs(embedder, protocol_pairs(protocol, protocol_dir), protocol,
                           root=lfw_root if lfw_root else lfw_dir(), aligned=aligned, flip=flip, metric=metric,
-                          batch_size=batch_size, landmarks=landmarks, progress=progress)
+                          batch_size=batch_size, landmarks=landmarks, progress=progress, impostors=impostors)
 
 
 def pairs_file_name(path: str | Path) -> str:
@@ -148,7 +158,8 @@ def evaluate_pairs_file(embedder: keras.Model | Embedder, pairs_file: str | Path
 def evaluate_pairs(embedder: keras.Model | Embedder, splits: dict[str, list[Pair]], protocol: str,
                    root: str | Path | None = None, aligned: AlignedFaces | None = None,
                    flip: bool = False, metric: str = "sqeuclidean", batch_size: int = 64,
-                   landmarks: str = "outer_eyes_and_nose", progress: bool = False) -> LFWResult:
+                   landmarks: str = "outer_eyes_and_nose", progress: bool = False,
+                   impostors: bool = False) -> LFWResult:
     """Verification of a Keras model or an :data:`Embedder` on pairs of images of one tree.
 
     ``splits`` is ``{"all": pairs}`` for k-fold scoring by the pairs' folds (View 2's protocol) or
@@ -156,7 +167,10 @@ def evaluate_pairs(embedder: keras.Model | Embedder, splits: dict[str, list[Pair
     (View 1's); ``protocol`` names the result. ``aligned`` is the aligned cache to read faces from;
     without it the cache of ``root`` at the model's input size and ``landmarks`` is loaded, or built
     on first use. ``flip`` (Keras models only) averages each face's embedding with its mirror
-    image's. Thresholds are searched on ``utils.evaluation.metrics.DEFAULT_THRESHOLDS[metric]``.
+    image's. ``impostors`` adds the quantiles of the distances from the images to the mean embeddings
+    of other people among them (:func:`utils.evaluation.metrics.impostor_quantiles`), for choosing
+    thresholds; None when nobody has enough pictures. Thresholds are searched on
+    ``utils.evaluation.metrics.DEFAULT_THRESHOLDS[metric]``.
     Raises ``DatasetError`` (a ``ValueError``) for a missing folder or images that the pairs
     reference but the folder or cache lacks.
     """
@@ -194,6 +208,12 @@ def evaluate_pairs(embedder: keras.Model | Embedder, splits: dict[str, list[Pair
         verification = train_test_verification(distances["train"], same["train"], distances["test"],
                                                same["test"], thresholds)
     fallback = [image for image, row in zip(images, rows, strict=True) if not aligned.detected[row]]
+    quantiles = None
+    if impostors:
+        try:
+            quantiles = impostor_quantiles(embeddings, [image.split("/")[0] for image in images], metric)
+        except ValueError:  # nobody with enough pictures to stand for a gallery person: nothing to store
+            quantiles = None
     return LFWResult(protocol, metric, flip, verification, n_images=len(images), n_fallback=len(fallback),
                      fallback_images=fallback,
-                     seconds=time.perf_counter() - start)
+                     seconds=time.perf_counter() - start, impostors=quantiles)

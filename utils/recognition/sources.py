@@ -8,6 +8,7 @@
 - a video file (anything OpenCV's FFmpeg backend decodes);
 - an image file, or a folder of images (sorted by name; unreadable ones, broken symbolic links
   and folders named like images reported and skipped).
+- a folder of people: one subfolder of images per person, each frame labelled with its subfolder.
 
 Problems come out as :class:`SourceError` with a message meant for the user. Sinks:
 ``FrameSink`` writes a video file (by extension) or a folder of JPEGs (never over the source
@@ -58,7 +59,8 @@ class OutputError(RuntimeError):
 
 @dataclass
 class Frame:
-    """One frame: its position in the source, RGB pixels, and the file it came from (image sources).
+    """One frame: its position in the source, RGB pixels, the file it came from (image sources) and
+    the person it is filed under (folder-of-people sources).
 
     scale is rgb's size over the file's (below 1 for a photo shrunk to ALIGN_MAX_SIDE while read).
     """
@@ -67,6 +69,7 @@ class Frame:
     rgb: np.ndarray
     name: str | None = None
     scale: float = 1.0
+    label: str | None = None
 
 
 class Capture(Protocol):
@@ -225,16 +228,21 @@ class StreamSource(FrameSource):
 
 class ImageFilesSource(FrameSource):
     """One image file, or every image in a folder (sorted); unreadable images are logged and skipped.
-    Photos larger than ALIGN_MAX_SIDE are shrunk to it while decoding (bounded memory)."""
+    Photos larger than ALIGN_MAX_SIDE are shrunk to it while decoding (bounded memory). With
+    ``labels`` (one per path) each frame carries its picture's label and is named
+    ``<label>/<file name>``.
+    """
 
     stills = True
 
-    def __init__(self, paths: list[Path], description: str, log: Log = _stderr, location: Path | None = None):
+    def __init__(self, paths: list[Path], description: str, log: Log = _stderr, location: Path | None = None,
+                 labels: list[str] | None = None):
         self.description, self._paths, self._log, self.location = description, paths, log, location
+        self._labels = labels or [None] * len(paths)
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0
-        for path in self._paths:
+        for path, label in zip(self._paths, self._labels, strict=True):
             try:
                 rgb, scale = read_image_scaled(path, ALIGN_MAX_SIDE)
             except ImageReadError as err:
@@ -242,7 +250,7 @@ class ImageFilesSource(FrameSource):
                     raise SourceError(f"cannot read image {err}") from None
                 self._log(f"skipped unreadable image {err}")
                 continue
-            yield Frame(index, rgb, path.name, scale)
+            yield Frame(index, rgb, f"{label}/{path.name}" if label else path.name, scale, label)
             index += 1
 
 
@@ -260,6 +268,27 @@ def is_stream_url(spec: str) -> bool:
     return urlsplit(spec).scheme.lower() in STREAM_SCHEMES
 
 
+def _images_in(folder: Path) -> list[Path]:
+    """A folder's image names, sorted; broken links and folders named like images among them are
+    reported when read."""
+    return sorted(p for p in folder.iterdir() if is_image_name(p))
+
+
+def _folder_source(path: Path, log: Log) -> ImageFilesSource:
+    """The images of a folder; when it has none, the images of its subfolders labelled by subfolder name."""
+    images = _images_in(path)
+    if images:
+        return ImageFilesSource(images, f"{len(images)} images in {path}", log=log, location=path)
+    people = [(d.name, _images_in(d)) for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    labelled = [(image, name) for name, images in people for image in images]
+    if not labelled:
+        raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}, nor in subfolders of it "
+                          f"(one folder of pictures per person)")
+    persons = len({name for _, name in labelled})
+    return ImageFilesSource([image for image, _ in labelled], f"{len(labelled)} images of {persons} people in {path}",
+                            log=log, location=path, labels=[name for _, name in labelled])
+
+
 def open_source(spec: str, log: Log = _stderr, retries: int = 5) -> FrameSource:
     """Open what ``--source`` names: a camera index, a stream URL, a video, an image or a folder."""
     spec = spec.strip()
@@ -269,10 +298,7 @@ def open_source(spec: str, log: Log = _stderr, retries: int = 5) -> FrameSource:
         return StreamSource(spec, retries=retries, log=log)
     path = Path(spec).expanduser()
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if is_image_name(p))  # broken links etc. are reported when read
-        if not images:
-            raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
-        return ImageFilesSource(images, f"{len(images)} images in {path}", log=log, location=path)
+        return _folder_source(path, log)
     if not path.exists():
         raise SourceError(f"no such file or folder: {path} (--source takes a camera index such as 0, "
                           f"a video or image file, a folder of images, or an rtsp:// or http:// URL)")
