@@ -7,6 +7,7 @@ steps, so "the loss falls" and "validation rises above chance" can be asserted q
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import shutil
@@ -842,3 +843,14 @@ def test_multiworker_workers_train_in_step_and_stop_together(tmp_path):
     checkpoint = Checkpoints(workers[0][0].checkpoint_dir).latest()
     assert checkpoint.name == f"step-{results[0]['step']}"
     assert not (tmp_path / "worker1").exists()
+
+
+def test_progress_status_says_speed_loss_and_time_left(tmp_path):
+    from utils.training.checkpoints import TrainState
+    from utils.training.loop import format_duration, step_status
+
+    assert [format_duration(s) for s in (45, 750, 11100, -3)] == ["45 s", "12 min 30 s", "3 h 05 min", "0 s"]
+    config = config_for(tmp_path, steps_per_epoch=10, identities_per_batch=4, images_per_identity=2)
+    state = TrainState(step=13, epoch_steps=3, epoch_train_seconds=6.0, wall_seconds=100.0)
+    assert step_status(state, config, 0.1234, math.inf) == "4 img/s, loss 0.1234, validation in 14 s"
+    assert step_status(state, config, 0.1234, 400.0).endswith(", budget left 5 min 00 s")

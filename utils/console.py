@@ -62,6 +62,6 @@ class PlainLines:
 def progress_bar(iterable: Any = None, **options: Any) -> tqdm:
     """tqdm on stderr: a live bar on a terminal; elsewhere a plain line at most every PLAIN_INTERVAL s."""
     if not options.get("disable") and not sys.stderr.isatty():
-        options = {"mininterval": PLAIN_INTERVAL, "maxinterval": PLAIN_INTERVAL, "ncols": 100,
+        options = {"mininterval": PLAIN_INTERVAL, "maxinterval": PLAIN_INTERVAL, "ncols": 160,
                    "file": PlainLines(sys.stderr), **options}
     return tqdm(iterable, **options)

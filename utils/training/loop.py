@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from utils.console import progress_bar
 from utils.training.batching import PKSampler, TrainingFaces, training_dataset
 from utils.training.checkpoints import (
     SELECTED_BY,
@@ -351,7 +352,14 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
     if state.wall_seconds >= budget:
         return TrainResult("time-budget", f"the time budget of {config.time_budget_hours} h was already spent "
                            f"at step {state.step}; give a larger --time-budget to train on", state)
-    with StopSignals() as signals, TrainingLog(config.log_dir, enabled=chief) as logs:
+    with StopSignals() as signals, TrainingLog(config.log_dir, enabled=chief) as logs, \
+            progress_bar(total=config.total_steps, initial=state.step, unit="step", desc=config.model,
+                         disable=not chief) as bar:
+        def log_above_bar(message: str, say: Callable[[str], None] = log) -> None:
+            with bar.external_write_mode():
+                say(message)
+
+        log = log_above_bar
         while state.step < config.total_steps:
             started = time.monotonic()
             optimizer.learning_rate = learning_rate(config, state.step, state.wall_seconds)
@@ -367,6 +375,8 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
             state.epoch_train_seconds += time.monotonic() - started
             tick()
             logs.scalars(state.step, {"train/loss": loss, f"train/{figure}": value, "train/mean_distance": distance})
+            bar.update(1)
+            bar.set_postfix_str(step_status(state, config, loss, budget), refresh=False)
             if config.loss == "triplet" and collapse.update(distance, value):
                 return TrainResult("collapsed", (
                     f"training collapsed at step {state.step}: for {collapse.count} steps every embedding of "
@@ -389,6 +399,27 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
                 return TrainResult("interrupted", f"{why}: stopped at step {state.step}, checkpoint in "
                                    f"{checkpoints.latest()}; --resume continues", state)
     return TrainResult("completed", f"finished {state.step} steps", state)
+
+
+def step_status(state: TrainState, config: TrainConfig, loss: float, budget_seconds: float) -> str:
+    """The progress bar's tail: images/s and loss of this epoch, time to the next validation and
+    to the end of the time budget."""
+    seconds_per_step = state.epoch_train_seconds / max(state.epoch_steps, 1)
+    to_validation = (config.steps_per_epoch - state.step % config.steps_per_epoch) % config.steps_per_epoch
+    status = (f"{config.batch_size / max(seconds_per_step, 1e-9):.0f} img/s, loss {loss:.4f}, "
+              f"validation in {format_duration(to_validation * seconds_per_step)}")
+    if math.isfinite(budget_seconds):
+        status += f", budget left {format_duration(budget_seconds - state.wall_seconds)}"
+    return status
+
+
+def format_duration(seconds: float) -> str:
+    """3 h 05 min, 12 min 30 s or 45 s."""
+    seconds = max(int(seconds), 0)
+    hours, minutes = divmod(seconds // 60, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds % 60:02d} s" if minutes else f"{seconds} s"
 
 
 # --- the whole run ---------------------------------------------------------------------------
