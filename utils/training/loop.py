@@ -2,10 +2,11 @@
 
 One run = ``epochs`` x ``steps_per_epoch`` steps of P x K batches (utils.training.batching) with an
 online-mined triplet loss or a margin-softmax loss, CosFace or ArcFace, whose class weights train
-beside the model (utils.training.losses), Adam, a custom ``tf.function`` step under a
-``tf.distribute`` strategy. After every epoch: validation on LFW View 1 and the CelebA hold-out's
-validation half (or a given evaluator), the weights when the mean validation AUC improves, their
-metadata (utils.training.metadata), a checkpoint (utils.training.checkpoints) and the
+beside the model (utils.training.losses), Adam (AdamW with weight decay), a custom
+``tf.function`` step under a ``tf.distribute`` strategy. After every epoch: validation on LFW
+View 1 and the CelebA hold-out's validation half (or a given evaluator), the weights when the mean
+validation AUC improves, their metadata (utils.training.metadata), a checkpoint
+(utils.training.checkpoints) and the
 CSV/TensorBoard/PNG logs (utils.training.log).
 
 The batches are a pure function of (seed, step), so the step number is the data pipeline's
@@ -126,8 +127,8 @@ def build_model_and_optimizer(config: TrainConfig, strategy: tf.distribute.Strat
                               build_model: Callable[[], keras.Model], num_identities: int
                               ) -> tuple[keras.Model, ClassCosines | None, keras.optimizers.Optimizer]:
     """The model (in the precision policy of the config), the class weights of a margin-softmax
-    loss (None for triplet; float32, training only) and a built Adam for both, under the strategy's
-    scope."""
+    loss (None for triplet; float32, training only) and a built optimizer for both (make_optimizer),
+    under the strategy's scope."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         previous_policy = keras.mixed_precision.global_policy()
