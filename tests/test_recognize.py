@@ -311,7 +311,7 @@ def test_a_video_damaged_in_the_middle_says_so_and_exits_non_zero(tmp_path, monk
     assert 0 < len(read) < frames
     assert len(list(open_source(str(tmp_path / f"good{suffix}")))) == frames  # the undamaged file: no complaint
 
-    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: StubRecognizer())
+    monkeypatch.setattr(recognize, "load_recognizer", lambda args, detect_every: (StubRecognizer(), None))
     code = recognize.main(["--source", str(path), "--json", "--no-window"])
     captured = capsys.readouterr()
     assert code == recognize.EXIT_SOURCE_STOPPED
