@@ -714,8 +714,14 @@ def test_validation_scores_lfw_view1_and_the_celeba_validation_half_only(shared_
 # --- the command line ----------------------------------------------------------------------------
 
 def celeba_tree(tree: Path, shared_data: Path, people: int, images: int) -> Path:
-    """A folder-per-identity tree of links to the first images of the first celeba-subset people."""
-    for person in sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir())[:people]:
+    """A folder-per-identity tree of links to the first images of the first celeba-subset people
+    outside the hold-out (which training leaves out by default)."""
+    from utils.datasets.holdout import TEST_PEOPLE, VAL_PEOPLE
+    from utils.datasets.lfw import read_people_file
+
+    held_out = read_people_file(VAL_PEOPLE) | read_people_file(TEST_PEOPLE)
+    folders = sorted(p for p in (shared_data / "celeba-subset").iterdir() if p.is_dir() and p.name not in held_out)
+    for person in folders[:people]:
         (tree / person.name).mkdir(parents=True)
         for image in sorted(person.glob("*.jpg"))[:images]:
             (tree / person.name / image.name).symlink_to(image)
