@@ -1,18 +1,18 @@
-"""Aligned-face cache: a whole dataset aligned once, stored as one uint8 array.
+"""Aligned-face cache: a whole dataset aligned once, into a sharded store (utils/faces/store.py).
 
-Layout of a cache folder::
+Faces go into fixed-size shards that are memory-mapped when read, with a small columnar index
+(see store.py for the layout): a dataset bigger than memory is read one batch of rows at a time.
+Images where dlib finds no face are kept as a centre crop with detected=False (evaluation must
+not drop them; training skips them). Unreadable files are listed and left out. A re-run aligns
+only new or changed images, into new shards. Each setting (size, landmarks, upsample levels,
+detector) has its own folder; locks make a second process wait for the first one's build,
+then reuse it. A cache of the old single-array format (faces.npy) is read as it is by
+load_cache and converted into a store, without aligning again, by load_or_build.
 
-    faces.npy      (N, S, S, 3) uint8 aligned RGB faces
-    arrays.npz     detected (N,) bool, boxes (N, 4), landmarks (N, 68, 2)
-    index.json     settings, and per image its relative path, size and mtime
-
-Images where dlib finds no face are kept as a centre crop with detected=False
-(evaluation must not drop them; training skips them). Unreadable files are
-listed and left out. A re-run aligns only new or changed images. Each setting
-(size, landmarks, upsample levels, detector) has its own folder, and a lock file
-beside it makes a second process wait for the first one's build, then reuse it.
-
-Command line: ``python -m utils.faces.cache DATASET_DIR [--out DIR]``.
+Command line: ``python -m utils.faces.cache DATASET [--out DIR] [--shard I/N] [--compact]``, where
+DATASET is a folder-per-identity tree or an MS-Celeb-1M face TSV (utils/faces/tsv_ingest.py).
+``--shard I/N`` aligns only the I-th of N deterministic parts, so N jobs on N machines that share
+the store folder can build it together; the store reads all parts, no merge step is needed.
 """
 from __future__ import annotations
 
@@ -22,43 +22,39 @@ import json
 import multiprocessing
 import multiprocessing.pool
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import zipfile
-from contextlib import contextmanager
+import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
-
-try:
-    import fcntl
-except ImportError:  # Windows: caches are not locked there
-    fcntl = None
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from utils.datasets.folders import DatasetError, list_identity_images
+from utils.faces import store
 from utils.faces.align import FaceAligner, centre_crop
 from utils.faces.image_io import ImageReadError, read_image
+from utils.faces.store import RowView
 from utils.paths import cache_dir
 
 DEFAULT_UPSAMPLE = (0, 1)  # upsample 0 finds LFW-sized faces 4x faster; 1 catches the rest
-FORMAT_VERSION = 1
 
 
 @dataclass
 class AlignedFaces:
-    """Aligned faces of one dataset, row i describing image paths[i]."""
+    """Aligned faces of one dataset, row i describing image paths[i]. ``faces`` and ``landmarks``
+    are RowViews over memory-mapped shards: index them for arrays (``np.asarray`` reads all)."""
 
     root: Path
-    faces: np.ndarray
+    faces: RowView
     paths: list[str]
     detected: np.ndarray
     boxes: np.ndarray
-    landmarks: np.ndarray
+    landmarks: RowView
     unreadable: list[str] = field(default_factory=list)
 
     @property
@@ -130,117 +126,180 @@ def _init_worker(settings: dict[str, Any]) -> None:
     _worker_aligner = FaceAligner(**settings)
 
 
-def _align_one(path: str) -> tuple[str, np.ndarray | None, bool, np.ndarray, np.ndarray, str | None]:
-    """Align one file: (path, face, detected, box, landmarks, error message)."""
+def _align_rgb(rgb: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray]:
+    """Align one decoded image with this worker's aligner: (face, detected, box, landmarks)."""
     aligner = _worker_aligner
     box = np.full(4, np.nan, np.float32)
     points = np.full((68, 2), np.nan, np.float32)
-    try:
-        rgb = read_image(path)
-    except ImageReadError as err:
-        return path, None, False, box, points, str(err)
     boxes = aligner.detect(rgb)
     if not boxes:
-        return path, centre_crop(rgb, aligner.output_size), False, box, points, None
+        return centre_crop(rgb, aligner.output_size), False, box, points
     first = boxes[0]
     points = aligner.landmarks_of(rgb, first)
     face = aligner.align_points(rgb, points)
     box = np.array([first.left(), first.top(), first.right(), first.bottom()], np.float32)
-    return path, face, True, box, points.astype(np.float32), None
+    return face, True, box, points.astype(np.float32)
 
 
-def _align_many(files: Sequence[str], settings: dict, workers: int, desc: str,
-                progress: bool = True) -> Iterator[tuple]:
-    """Align files in a process pool (or in this process for one worker), in order."""
-    bar = dict(total=len(files), desc=desc, unit="img", disable=not progress)
-    if workers <= 1:
-        _init_worker(settings)
-        yield from tqdm(map(_align_one, files), **bar)
-        return
-    with worker_pool(workers, _init_worker, (settings,)) as pool:
-        yield from tqdm(pool.imap(_align_one, files, chunksize=16), **bar)
+def _align_one(path: str) -> tuple[str, np.ndarray | None, bool, np.ndarray, np.ndarray, str | None]:
+    """Align one file: (path, face, detected, box, landmarks, error message)."""
+    try:
+        rgb = read_image(path)
+    except ImageReadError as err:
+        return path, None, False, np.full(4, np.nan, np.float32), np.full((68, 2), np.nan, np.float32), str(err)
+    return (path, *_align_rgb(rgb), None)
 
 
-# --- cache files ---------------------------------------------------------------------------
+IN_FLIGHT = 256  # items per chunk handed to the pool; at most two chunks are queued at once
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _align_many(align: Callable[[Any], tuple], items: Iterable[Any], settings: dict, workers: int, desc: str,
+                progress: bool = True, total: int | None = None) -> Iterator[tuple]:
+    """``align`` (a module-level function) over the items in a process pool, or in this process for
+    one worker; results in order. The items are read as they are needed, never all at once."""
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
+    with bar:
+        if workers <= 1:
+            _init_worker(settings)
+            for result in map(align, items):
+                bar.update()
+                yield result
+            return
+        with worker_pool(workers, _init_worker, (settings,)) as pool:
+            pending: deque = deque()
+            for chunk in _chunks(items, IN_FLIGHT):
+                pending.append(pool.map_async(align, chunk, chunksize=16))
+                if len(pending) == 2:
+                    for result in pending.popleft().get():
+                        bar.update()
+                        yield result
+            while pending:
+                for result in pending.popleft().get():
+                    bar.update()
+                    yield result
+
+
+# --- the store ------------------------------------------------------------------------------
 
 def _stat_key(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """"I/N" (1 <= I <= N) as (I, N); ValueError otherwise."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes I/N with whole numbers, e.g. 2/8; got {text!r}") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard I/N needs 1 <= I <= N, got {text!r}")
+    return i, n
+
+
+def part_name(shard: tuple[int, int]) -> str:
+    return f"p{shard[0]}of{shard[1]}"
+
+
+def in_part(key: str, shard: tuple[int, int]) -> bool:
+    """Whether a folder-tree image belongs to part I of N: a hash of its key, stable as images are added."""
+    return zlib.crc32(key.encode()) % shard[1] == shard[0] - 1
+
+
 def _load(folder: Path, root: Path) -> tuple[dict, AlignedFaces] | None:
+    """A cache of the old single-array format (version 1), memory-mapped."""
     try:
         index = json.loads((folder / "index.json").read_text())
         with np.load(folder / "arrays.npz") as arrays:
             detected, boxes, landmarks = arrays["detected"], arrays["boxes"], arrays["landmarks"]
-        faces = np.load(folder / "faces.npy")
+        faces = np.load(folder / "faces.npy", mmap_mode="r")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    if index.get("version") != FORMAT_VERSION or len(faces) != len(index["paths"]):
+    if index.get("version") != 1 or len(faces) != len(index["paths"]):
         return None
-    return index, AlignedFaces(root, faces, index["paths"], detected, boxes, landmarks,
+    return index, AlignedFaces(root, RowView.of(faces), index["paths"], detected, boxes, RowView.of(landmarks),
                                index.get("unreadable", []))
 
 
-def _old(folder: Path) -> Path:
-    return folder.with_name(folder.name + ".old")
+OLD_FILES = ("faces.npy", "arrays.npz", "index.json")
 
 
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on <folder>.lock: one process builds a cache at a time.
-    Where the lock file cannot be created (a read-only cache), go on unlocked."""
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(folder.with_name(folder.name + ".lock"), "a")
-    except OSError:
-        yield
-        return
-    with lock:
-        if fcntl is not None:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-            except OSError:  # a file system without locks
-                pass
-        yield
+def _convert_old(folder: Path, settings: dict) -> None:
+    """Turn an old single-array cache in the folder into a store (its faces are kept, not realigned)."""
+    with store.exclusive(folder):
+        if store.is_store(folder) or not any((folder / name).exists() for name in OLD_FILES):
+            return
+        old = _load(folder, folder)
+        if old is None or old[0].get("settings") != settings:
+            print(f"{folder} holds an aligned cache of an old format that cannot be read here, or of other "
+                  "settings: it is replaced by a sharded store, aligned anew", file=sys.stderr)
+        else:
+            print(f"converting the single-array aligned cache in {folder} to a sharded store "
+                  "(no image is aligned again)", file=sys.stderr)
+            index, data = old
+            (folder / "shards").mkdir(exist_ok=True)
+            writer = store.ShardWriter(folder, "converted", data.faces.shape[1:])
+            for i, path in enumerate(data.paths):
+                writer.add(path, index["stats"][i], data.faces[i], data.detected[i], data.boxes[i],
+                           data.landmarks[i])
+            for path, stat in index.get("unreadable_stats", {}).items():
+                writer.add_unreadable(path, stat)
+            writer.close()
+        store.create(folder, settings)
+        for name in OLD_FILES:
+            (folder / name).unlink(missing_ok=True)
 
 
-def _recover(folder: Path) -> None:
-    """Under the lock: undo what a killed _save left (a half-done swap, unfinished temp folders)."""
-    if not folder.exists() and _old(folder).is_dir():
-        os.replace(_old(folder), folder)
-    shutil.rmtree(_old(folder), ignore_errors=True)
-    if folder.parent.is_dir():
-        for stale in folder.parent.iterdir():
-            if stale.name.startswith(folder.name + ".tmp") and stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-
-
-def _save(folder: Path, index: dict, data: AlignedFaces) -> None:
-    """Write all three files into a temp folder, then swap it in (a kill leaves the old cache).
-    Call under _locked(folder), after _recover(folder)."""
+def open_store(folder: Path, settings: dict) -> None:
+    """Make ``folder`` a store of these settings: new, converted from the old format, or checked."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
-    try:
-        tmp.chmod(0o755)
-        np.save(tmp / "faces.npy", data.faces)
-        np.savez(tmp / "arrays.npz", detected=data.detected, boxes=data.boxes, landmarks=data.landmarks)
-        (tmp / "index.json").write_text(json.dumps(index))
-        if folder.exists():
-            os.replace(folder, _old(folder))
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # only still there when writing failed
-    shutil.rmtree(_old(folder), ignore_errors=True)
+    if (folder / "index.json").exists():
+        _convert_old(folder, settings)
+    with store.exclusive(folder):
+        store.create(folder, settings)
+
+
+def aligned_from_index(folder: Path, root: Path, index: store.StoreIndex, rows: np.ndarray,
+                       unreadable: np.ndarray) -> AlignedFaces:
+    """The AlignedFaces of some index positions (readable ones), with faces and landmarks memory-mapped."""
+    empty = store.empty_columns(store.read_settings(folder))
+    shard, row = index.shard[rows], index.row[rows]
+    faces = store.open_column(folder, index.shards, "faces", shard, empty["faces"])
+    landmarks = store.open_column(folder, index.shards, "landmarks", shard, empty["landmarks"])
+    return AlignedFaces(root, RowView(faces, shard, row), [k.decode() for k in index.keys[rows]],
+                        index.detected[rows], index.boxes[rows], RowView(landmarks, shard, row),
+                        [k.decode() for k in index.keys[unreadable]])
+
+
+def _listed(index: store.StoreIndex, files: list[str], stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index positions of the listed files that are stored unchanged: (readable, unreadable)."""
+    at = index.find(np.array([f.encode() for f in files], dtype=bytes))
+    found = at >= 0
+    at = at[found][(index.stats[at[found]] == stats[found]).all(axis=1)]
+    return at[index.row[at] >= 0], at[index.row[at] < 0]
 
 
 def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str = "outer_eyes_and_nose",
                   out: str | Path | None = None, workers: int | None = None,
                   upsample: int | Sequence[int] | None = DEFAULT_UPSAMPLE, detector: str = "hog",
-                  progress: bool = True) -> AlignedFaces:
+                  progress: bool = True, shard: tuple[int, int] = (1, 1),
+                  shard_size: int = store.DEFAULT_SHARD_SIZE) -> AlignedFaces:
     """Aligned faces of every image under dataset_dir, aligning only what is new or changed.
 
-    Another process building the same cache folder is waited for, and its result reused.
+    With ``shard=(I, N)`` only part I of N is aligned (parts are a hash of the image's path), so
+    N processes can share the work; the result holds what the store has of the dataset so far.
+    Another process writing the same part is waited for, and its result reused.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
@@ -251,71 +310,83 @@ def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str
         files = list_images(root)
     except DatasetError as err:
         raise FileNotFoundError(str(err)) from None
-    with _locked(folder):
-        return _update(root, folder, settings, files, workers, progress)
+    open_store(folder, settings)
+    with store.writing(folder, part_name(shard)):
+        _update(root, folder, settings, files, workers, progress, shard, shard_size)
+    index = store.read_index(folder)
+    readable, unreadable = _listed(index, files, np.array([_stat_key(root / f) for f in files], np.int64))
+    if not len(readable) and shard == (1, 1):
+        raise ValueError(f"none of the images under {root} could be read")
+    return aligned_from_index(folder, root, index, readable, unreadable)
 
 
 def _update(root: Path, folder: Path, settings: dict, files: list[str], workers: int | None,
-            progress: bool) -> AlignedFaces:
-    """load_or_build under the cache's lock."""
-    _recover(folder)
-    stats = {f: _stat_key(root / f) for f in files}
-    previous = _load(folder, root)
-    kept: dict[str, int] = {}
-    if previous and previous[0]["settings"] == settings:
-        old_index, old = previous
-        kept = {p: i for i, p in enumerate(old.paths) if stats.get(p) == old_index["stats"][i]}
-        unchanged_unreadable = [p for p in old_index.get("unreadable_stats", {})
-                                if stats.get(p) == old_index["unreadable_stats"][p]]
-    else:
-        old, unchanged_unreadable = None, []
-    todo = [f for f in files if f not in kept and f not in unchanged_unreadable]
-    if not todo and old is not None and len(kept) == len(old.paths):
-        return old
-
-    new_rows: dict[str, tuple] = {}
-    unreadable = list(unchanged_unreadable)
-    if todo:
-        workers = workers or os.cpu_count() or 1
-        for path, face, detected, box, points, error in _align_many(
-                [str(root / f) for f in todo], settings, min(workers, len(todo)), f"aligning {root.name}",
-                progress):
-            rel = Path(path).relative_to(root).as_posix()
+            progress: bool, shard: tuple[int, int], shard_size: int) -> None:
+    """Under the part's lock: align the part's new or changed images into new shards."""
+    part = part_name(shard)
+    store.remove_unfinished(folder, part)
+    stats = np.array([_stat_key(root / f) for f in files], np.int64).reshape(len(files), 2)
+    index = store.read_index(folder)
+    readable, unreadable = _listed(index, files, stats)
+    done = {index.keys[i].decode() for i in np.concatenate([readable, unreadable])}
+    todo = [i for i, f in enumerate(files) if f not in done and in_part(f, shard)]
+    if not todo:
+        return
+    writer = store.ShardWriter(folder, part, (settings["output_size"],) * 2 + (3,), shard_size)
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    try:
+        results = _align_many(_align_one, (str(root / files[i]) for i in todo), settings, workers,
+                              f"aligning {root.name}", progress, total=len(todo))
+        for i, (_, face, detected, box, points, error) in zip(todo, results, strict=True):
             if error:
-                unreadable.append(rel)
+                writer.add_unreadable(files[i], stats[i])
                 print(f"skipped unreadable image: {error}", file=sys.stderr)
             else:
-                new_rows[rel] = (face, detected, box, points)
-
-    order = [f for f in files if f in kept or f in new_rows]
-    if not order:
-        raise ValueError(f"none of the images under {root} could be read")
-    rows = [(old.faces[kept[f]], old.detected[kept[f]], old.boxes[kept[f]], old.landmarks[kept[f]])
-            if f in kept else new_rows[f] for f in order]
-    faces, detected, boxes, points = (np.stack(column) for column in zip(*rows, strict=True))
-    data = AlignedFaces(root, faces, order, detected.astype(bool), boxes, points, sorted(unreadable))
-    index = {"version": FORMAT_VERSION, "settings": settings, "paths": order,
-             "stats": [stats[f] for f in order], "unreadable": data.unreadable,
-             "unreadable_stats": {f: stats[f] for f in data.unreadable}}
-    _save(folder, index, data)
-    return data
+                writer.add(files[i], stats[i], face, detected, box, points)
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.close()
 
 
 def load_cache(folder: str | Path) -> AlignedFaces:
-    """A cache folder written by load_or_build, read without its dataset (root = the folder)."""
-    loaded = _load(Path(folder), Path(folder))
-    if loaded is None:
-        raise ValueError(f"not a readable aligned-face cache (format {FORMAT_VERSION}): {folder}")
-    return loaded[1]
+    """A store (or an old single-array cache) read without its dataset (root = the folder): every face in it."""
+    folder = Path(folder)
+    if not store.is_store(folder):
+        loaded = _load(folder, folder)
+        if loaded is None:
+            raise ValueError(f"not a readable aligned-face store or cache: {folder}")
+        return loaded[1]
+    store.read_settings(folder)
+    index = store.read_index(folder)
+    return aligned_from_index(folder, folder, index, np.flatnonzero(index.row >= 0), np.flatnonzero(index.row < 0))
+
+
+def compact_cache(folder: Path, root: Path | None = None,
+                  shard_size: int = store.DEFAULT_SHARD_SIZE) -> tuple[int, int]:
+    """Rewrite a store into full shards; with the dataset ``root``, images no longer there are dropped."""
+    if not store.is_store(folder):
+        raise ValueError(f"not a face store: {folder}")
+    keep = None
+    if root is not None and root.is_dir():
+        index = store.read_index(folder)
+        files = list_images(root)
+        readable, unreadable = _listed(index, files, np.array([_stat_key(root / f) for f in files], np.int64))
+        keep = np.zeros(len(index), bool)
+        keep[readable] = keep[unreadable] = True
+    return store.compact(folder, keep, shard_size)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m utils.faces.cache",
-        description="Align every face of a folder-per-identity dataset once, with all cores, into a cache "
-                    "that training and evaluation read. A re-run aligns only new or changed images.")
-    parser.add_argument("dataset", type=Path, help="dataset root: <root>/<identity>/<image>")
-    parser.add_argument("--out", type=Path, help="cache folder (default: cache/aligned/<dataset>-...)")
+        description="Align every face of a folder-per-identity dataset, or of an MS-Celeb-1M face TSV, once, "
+                    "with all cores, into a sharded store that training and evaluation read. A re-run aligns only "
+                    "new or changed images. --shard I/N splits the work over N processes or machines that "
+                    "share the store folder (e.g. a Slurm array: --shard $SLURM_ARRAY_TASK_ID/N with "
+                    "--array=1-N); the store reads every part, no merge is needed.")
+    parser.add_argument("dataset", type=Path, help="dataset root <root>/<identity>/<image>, or an MS-Celeb .tsv")
+    parser.add_argument("--out", type=Path, help="store folder (default: cache/aligned/<dataset>-...)")
     parser.add_argument("--size", type=int, default=96, help="output size in pixels (default 96)")
     parser.add_argument("--landmarks", default="outer_eyes_and_nose",
                         choices=["outer_eyes_and_nose", "inner_eyes_and_bottom_lip"])
@@ -323,24 +394,45 @@ def main(argv: list[str] | None = None) -> int:
                         help="dlib HOG upsample counts tried in order until a face is found (default 0 1)")
     parser.add_argument("--detector", choices=["hog", "cnn"], default="hog")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
+    parser.add_argument("--shard", default="1/1", metavar="I/N",
+                        help="align only part I of N (1 <= I <= N); the N parts can run at once (default 1/1)")
+    parser.add_argument("--shard-size", type=int, default=store.DEFAULT_SHARD_SIZE,
+                        help=f"faces per shard file (default {store.DEFAULT_SHARD_SIZE}); a kill loses at most "
+                             "the shard being written")
+    parser.add_argument("--compact", action="store_true",
+                        help="rewrite the store into full shards, dropping replaced rows and (for a folder) "
+                             "images no longer there; run it when no other job writes the store")
     args = parser.parse_args(argv)
+    folder = args.out or default_cache_path(args.dataset, args.size, args.landmarks, args.upsample, args.detector)
     try:
-        data = load_or_build(args.dataset, args.size, args.landmarks, args.out, args.workers,
-                             args.upsample, args.detector)
+        shard = parse_shard(args.shard)
+        if args.compact:
+            before, after = compact_cache(folder, args.dataset if args.dataset.is_dir() else None, args.shard_size)
+            print(f"compacted {folder}: {before} shards -> {after}")
+            return 0
+        if args.dataset.is_file():
+            from utils.faces.tsv_ingest import load_or_build_tsv
+            data = load_or_build_tsv(args.dataset, args.size, args.landmarks, args.out, args.workers,
+                                     args.upsample, args.detector, shard=shard, shard_size=args.shard_size)
+        else:
+            data = load_or_build(args.dataset, args.size, args.landmarks, args.out, args.workers,
+                                 args.upsample, args.detector, shard=shard, shard_size=args.shard_size)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the pool's workers ignore Ctrl-C and are ended with it
         print("interrupted", file=sys.stderr)
         return 130
-    folder = args.out or default_cache_path(args.dataset, args.size, args.landmarks, args.upsample, args.detector)
     no_face = [p for p, d in zip(data.paths, data.detected, strict=True) if not d]
-    print(f"{len(data)} images in {folder}; no face detected in {len(no_face)} (kept as centre crops); "
+    part = f" (part {shard[0]} of {shard[1]} done; the store holds the parts finished so far)" if shard[1] > 1 else ""
+    print(f"{len(data)} images in {folder}{part}; no face detected in {len(no_face)} (kept as centre crops); "
           f"{len(data.unreadable)} unreadable")
-    for p in no_face:
+    for p in no_face[:100]:
         print(f"  no face: {p}")
-    for p in data.unreadable:
+    for p in data.unreadable[:100]:
         print(f"  unreadable: {p}")
+    if max(len(no_face), len(data.unreadable)) > 100:
+        print("  (lists cut at 100)")
     return 0
 
 

@@ -81,7 +81,7 @@ def load_source(source: str | Path, image_size: int, log: Callable[[str], None] 
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".tsv":
         path = export_msceleb(path, log)
-    if (path / "faces.npy").is_file():
+    if (path / "store.json").is_file() or (path / "faces.npy").is_file():
         faces = load_cache(path)
         if faces.faces.shape[1] != image_size:
             raise DatasetError(f"the aligned cache {path} holds {faces.faces.shape[1]} px faces, "

@@ -1,0 +1,82 @@
+"""The sharded face store: row views, compaction, old single-array caches."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import utils.faces.cache as face_cache
+from utils.faces import store
+from utils.faces.cache import load_cache, load_or_build
+from utils.faces.store import RowView
+
+PEOPLE = ["Aaron_Eckhart", "Aaron_Peirsol"]
+
+
+@pytest.fixture()
+def dataset(tmp_path, lfw_root):
+    root = tmp_path / "faces"
+    for name in PEOPLE:
+        shutil.copytree(lfw_root / name, root / name)
+    return root
+
+
+def test_row_view_gathers_rows_across_shards_like_numpy():
+    a, b = np.arange(12).reshape(6, 2), 100 + np.arange(8).reshape(4, 2)
+    view = RowView([a, b], shard=[1, 0, 0, 1, 0], row=[3, 5, 0, 1, 2])
+    expected = np.stack([b[3], a[5], a[0], b[1], a[2]])
+    assert view.shape == (5, 2) and len(view) == 5 and view.dtype == a.dtype
+    np.testing.assert_array_equal(np.asarray(view), expected)
+    np.testing.assert_array_equal(view[-1], expected[-1])
+    np.testing.assert_array_equal(view[[4, 0, 0]], expected[[4, 0, 0]])
+    np.testing.assert_array_equal(view[1:4], expected[1:4])
+    mask = np.array([True, False, True, False, True])
+    np.testing.assert_array_equal(view[mask], expected[mask])
+    np.testing.assert_array_equal(view[[0, 1], 1], expected[[0, 1], 1])
+    np.testing.assert_array_equal(np.asarray(view.take([2, 0])), expected[[2, 0]])
+    both = RowView.concatenate([view.take([0]), np.array([[7, 7]])])
+    np.testing.assert_array_equal(np.asarray(both), [b[3], [7, 7]])
+
+
+def test_store_faces_are_memory_mapped_and_compaction_keeps_them(dataset, tmp_path):
+    out = tmp_path / "store"
+    first = load_or_build(dataset, out=out, workers=1, progress=False, shard_size=3)
+    assert all(isinstance(a, np.memmap) for a in first.faces.arrays)
+    faces = np.asarray(first.faces)
+    (dataset / "Aaron_Peirsol" / "Aaron_Peirsol_0002.jpg").unlink()
+    shards_before = len(list((out / "shards").glob("*.index.npz")))
+    assert face_cache.compact_cache(out, dataset, shard_size=100) == (shards_before, 1)
+    assert sorted(p.name.split(".")[-2] for p in (out / "shards").iterdir()) == ["faces", "index", "landmarks"]
+    compacted = load_cache(out)
+    gone = first.index_of("Aaron_Peirsol/Aaron_Peirsol_0002.jpg")
+    assert compacted.paths == first.paths[:gone] + first.paths[gone + 1:]
+    np.testing.assert_array_equal(np.asarray(compacted.faces), np.delete(faces, gone, axis=0))
+    np.testing.assert_array_equal(np.asarray(compacted.landmarks), np.delete(np.asarray(first.landmarks), gone, 0))
+
+
+def test_old_single_array_cache_is_read_then_converted_without_aligning(dataset, tmp_path, monkeypatch):
+    built = load_or_build(dataset, out=tmp_path / "store", workers=1, progress=False)
+    old = tmp_path / "old"
+    old.mkdir()
+    np.save(old / "faces.npy", np.asarray(built.faces))
+    np.savez(old / "arrays.npz", detected=built.detected, boxes=built.boxes, landmarks=np.asarray(built.landmarks))
+    files = face_cache.list_images(dataset)
+    (old / "index.json").write_text(json.dumps({
+        "version": 1, "settings": face_cache.alignment_settings(), "paths": built.paths,
+        "stats": [face_cache._stat_key(dataset / p) for p in files], "unreadable": [], "unreadable_stats": {}}))
+    read = load_cache(old)
+    np.testing.assert_array_equal(np.asarray(read.faces), np.asarray(built.faces))
+
+    monkeypatch.setattr(face_cache, "_align_one", lambda path: pytest.fail(f"aligned {path} again"))
+    converted = load_or_build(dataset, out=old, workers=1, progress=False)
+    assert store.is_store(old) and not (old / "faces.npy").exists()
+    assert converted.paths == built.paths
+    np.testing.assert_array_equal(np.asarray(converted.faces), np.asarray(built.faces))
+
+
+def test_a_store_of_other_settings_is_refused(dataset, tmp_path):
+    load_or_build(dataset, out=tmp_path / "store", workers=1, progress=False)
+    with pytest.raises(store.StoreError, match="other settings"):
+        load_or_build(dataset, output_size=64, out=tmp_path / "store", workers=1, progress=False)
