@@ -359,7 +359,7 @@ def load_cache(folder: str | Path) -> AlignedFaces:
         return loaded[1]
     store.read_settings(folder)
     index = store.read_index(folder)
-    return aligned_from_index(folder, folder, index, np.flatnonzero(index.row >= 0), np.flatnonzero(index.row < 0))
+    return aligned_from_index(folder, folder, index, index.readable, index.unreadable)
 
 
 def compact_cache(folder: Path, root: Path | None = None,

@@ -50,6 +50,7 @@ from utils.atomic import fsync, write_text_atomic
 FORMAT_VERSION = 2
 DEFAULT_SHARD_SIZE = 10_000  # 276 MB of 96 px faces: about a minute of alignment on two cores
 LANDMARK_POINTS = 68
+REMOVED = (-1, -1)  # the stat of a key whose source is gone (written by a whole-file TSV re-run)
 _SHARD_NAME = re.compile(r"g(\d{6})-([\w]+)-(\d{5})")
 
 
@@ -274,7 +275,8 @@ class ShardWriter:
             self._commit()
 
     def add_unreadable(self, key: str, stat: Sequence[int]) -> None:
-        """A source that could not be read: remembered so that a re-run does not retry it unchanged."""
+        """A source that could not be read (remembered so that a re-run does not retry it unchanged),
+        or with stat REMOVED one that is gone."""
         if self._open is None:
             self._start()
         self._open["bad_keys"].append(key)
@@ -348,6 +350,16 @@ class StoreIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def readable(self) -> np.ndarray:
+        """Positions of the keys with a face."""
+        return np.flatnonzero(self.row >= 0)
+
+    @property
+    def unreadable(self) -> np.ndarray:
+        """Positions of the keys whose source could not be read (not those removed)."""
+        return np.flatnonzero((self.row < 0) & (self.stats != REMOVED).any(axis=1))
+
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Position of each key (bytes) in the index, -1 where absent."""
         if not len(self.keys):
@@ -413,7 +425,8 @@ def compact(folder: Path, keep: np.ndarray | None = None, shard_size: int = DEFA
     folder = Path(folder)
     with exclusive(folder):
         index = read_index(folder)
-        live = np.ones(len(index), bool) if keep is None else np.asarray(keep, bool)
+        live = (np.ones(len(index), bool) if keep is None else np.asarray(keep, bool)) & \
+            (index.stats != REMOVED).any(axis=1)
         used = index.shard[live & (index.row >= 0)]
         empty = empty_columns(read_settings(folder))
         faces = open_column(folder, index.shards, "faces", used, empty["faces"])
