@@ -250,9 +250,11 @@ def _convert_old(folder: Path, settings: dict) -> None:
             index, data = old
             (folder / "shards").mkdir(exist_ok=True)
             writer = store.ShardWriter(folder, "converted", data.faces.shape[1:])
-            for i, path in enumerate(data.paths):
-                writer.add(path, index["stats"][i], data.faces[i], data.detected[i], data.boxes[i],
-                           data.landmarks[i])
+            for start in range(0, len(data), store.READ_BLOCK):
+                block = slice(start, start + store.READ_BLOCK)
+                for i, face, points in zip(range(start, min(start + store.READ_BLOCK, len(data))),
+                                           data.faces[block], data.landmarks[block], strict=True):
+                    writer.add(data.paths[i], index["stats"][i], face, data.detected[i], data.boxes[i], points)
             for path, stat in index.get("unreadable_stats", {}).items():
                 writer.add_unreadable(path, stat)
             writer.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import re
 import zipfile
@@ -50,6 +51,7 @@ from utils.atomic import fsync, write_text_atomic
 FORMAT_VERSION = 2
 DEFAULT_SHARD_SIZE = 10_000  # 276 MB of 96 px faces: about a minute of alignment on two cores
 LANDMARK_POINTS = 68
+READ_BLOCK = 1024  # rows read at once when a store is copied
 REMOVED = (-1, -1)  # the stat of a key whose source is gone (written by a whole-file TSV re-run)
 _SHARD_NAME = re.compile(r"g(\d{6})-([\w]+)-(\d{5})")
 
@@ -112,6 +114,7 @@ class RowView:
             at = np.flatnonzero(shard == s)
             order = np.argsort(row[at], kind="stable")  # ascending offsets read the file forwards
             out[at[order]] = self.arrays[s][row[at[order]]]
+            _release_pages(self.arrays[s])
         return out
 
     def __getitem__(self, index):
@@ -126,6 +129,15 @@ class RowView:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self.gather(np.arange(len(self)))
         return out if dtype is None else out.astype(dtype)
+
+
+def _release_pages(array: np.ndarray) -> None:
+    """Unmap the pages a read of a memory-mapped shard brought in: they stay in the OS page cache
+    (a re-read is fast) but stop counting in this process's resident memory, which would
+    otherwise grow with every face ever read."""
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)
 
 
 # --- locks ----------------------------------------------------------------------------------
@@ -432,14 +444,15 @@ def compact(folder: Path, keep: np.ndarray | None = None, shard_size: int = DEFA
         faces = open_column(folder, index.shards, "faces", used, empty["faces"])
         landmarks = open_column(folder, index.shards, "landmarks", used, empty["landmarks"])
         writer = ShardWriter(folder, "compacted", empty["faces"].shape[1:], shard_size)
-        for i in np.flatnonzero(live):
-            key = index.keys[i].decode()
-            if index.row[i] < 0:
-                writer.add_unreadable(key, index.stats[i])
-            else:
-                s, r = index.shard[i], index.row[i]
-                writer.add(key, index.stats[i], np.asarray(faces[s][r]), index.detected[i], index.boxes[i],
-                           landmarks[s][r])
+        rows = np.flatnonzero(live & (index.row >= 0))
+        faces = RowView(faces, index.shard[rows], index.row[rows])
+        landmarks = RowView(landmarks, index.shard[rows], index.row[rows])
+        for start in range(0, len(rows), READ_BLOCK):
+            block = slice(start, start + READ_BLOCK)
+            for i, face, points in zip(rows[block], faces[block], landmarks[block], strict=True):
+                writer.add(index.keys[i].decode(), index.stats[i], face, index.detected[i], index.boxes[i], points)
+        for i in np.flatnonzero(live & (index.row < 0)):
+            writer.add_unreadable(index.keys[i].decode(), index.stats[i])
         writer.close()
         del faces, landmarks
         for path in (folder / "shards").iterdir():
