@@ -312,22 +312,22 @@ def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str
         files = list_images(root)
     except DatasetError as err:
         raise FileNotFoundError(str(err)) from None
+    stats = np.array([_stat_key(root / f) for f in files], np.int64).reshape(len(files), 2)
     open_store(folder, settings)
     with store.writing(folder, part_name(shard)):
-        _update(root, folder, settings, files, workers, progress, shard, shard_size)
+        _update(root, folder, settings, files, stats, workers, progress, shard, shard_size)
     index = store.read_index(folder)
-    readable, unreadable = _listed(index, files, np.array([_stat_key(root / f) for f in files], np.int64))
+    readable, unreadable = _listed(index, files, stats)
     if not len(readable) and shard == (1, 1):
         raise ValueError(f"none of the images under {root} could be read")
     return aligned_from_index(folder, root, index, readable, unreadable)
 
 
-def _update(root: Path, folder: Path, settings: dict, files: list[str], workers: int | None,
+def _update(root: Path, folder: Path, settings: dict, files: list[str], stats: np.ndarray, workers: int | None,
             progress: bool, shard: tuple[int, int], shard_size: int) -> None:
-    """Under the part's lock: align the part's new or changed images into new shards."""
+    """Under the part's lock: align the part's new or changed images (stats: their _stat_key) into new shards."""
     part = part_name(shard)
     store.remove_unfinished(folder, part)
-    stats = np.array([_stat_key(root / f) for f in files], np.int64).reshape(len(files), 2)
     index = store.read_index(folder)
     readable, unreadable = _listed(index, files, stats)
     done = {index.keys[i].decode() for i in np.concatenate([readable, unreadable])}
