@@ -91,7 +91,7 @@ def train_from_store(tsv: Path, store: Path, model: str, steps: int) -> dict:
     import tensorflow as tf
 
     from benchmarks.train_speed import images_per_second
-    from utils.faces.tsv_ingest import load_or_build_tsv
+    from utils.faces.cache import load_or_build_tsv
     from utils.training.batching import PKSampler, pool_datasets, training_dataset
 
     faces = pool_datasets({"synthetic": load_or_build_tsv(tsv, out=store, progress=False)})

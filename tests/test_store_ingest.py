@@ -14,8 +14,8 @@ import pytest
 import utils.faces.cache as face_cache
 import utils.faces.tsv_ingest as tsv_ingest
 from utils.datasets.msceleb import TsvFace, write_tsv
-from utils.faces.cache import load_cache, load_or_build
-from utils.faces.tsv_ingest import line_ranges, load_or_build_tsv
+from utils.faces.cache import load_cache, load_or_build, load_or_build_tsv
+from utils.faces.tsv_ingest import line_ranges
 from utils.paths import REPO_ROOT
 
 PEOPLE = {"Aaron_Peirsol": 4, "Ari_Fleischer": 5, "Abdullah_Gul": 3}
@@ -52,8 +52,8 @@ def same_store(a, b) -> None:
 def test_tsv_is_aligned_straight_into_the_store_like_its_folder_tree(tree, tsv, tmp_path, monkeypatch):
     from_tree = load_or_build(tree, out=tmp_path / "tree-store", workers=1, progress=False)
     calls = []
-    align = tsv_ingest._align_line
-    monkeypatch.setattr(tsv_ingest, "_align_line", lambda item: calls.append(item[0]) or align(item))
+    align = face_cache._align_line
+    monkeypatch.setattr(face_cache, "_align_line", lambda item: calls.append(item[0]) or align(item))
     from_tsv = load_or_build_tsv(tsv, out=tmp_path / "tsv-store", workers=1, progress=False, shard_size=5)
     assert len(calls) == 13 and from_tsv.unreadable == [f"~corrupt/{tsv.read_bytes().index(b'm.0bad')}"]
     assert [p.split("/")[0] for p in from_tsv.paths] == [p.split("/")[0] for p in from_tree.paths]
@@ -99,7 +99,7 @@ def test_three_processes_make_the_store_one_process_makes(kind, tree, tsv, tmp_p
     build = load_or_build if kind == "tree" else load_or_build_tsv
     one = build(source, out=tmp_path / "one", workers=1, progress=False, shard_size=2)
     run_parts(source, tmp_path / "three", 3)
-    names = [p.name for p in (tmp_path / "three" / "shards").glob("*.index.npz")]
+    names = [p.name for p in (tmp_path / "three" / "shards").glob("g*.index.npz")]
     assert {n.split("-")[1] for n in names} == {"p1of3", "p2of3", "p3of3"}  # every part wrote shards
     same_store(load_cache(tmp_path / "three"), one)
     if kind == "tsv":  # every part done: loading for training does not scan the file again
@@ -114,13 +114,13 @@ def test_sigkill_during_ingest_loses_at_most_the_shard_being_written(tmp_path, l
     job = subprocess.Popen(cache_command(str(root), "--out", str(out)), cwd=REPO_ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while len(list(out.glob("shards/*.index.npz"))) < 3:
+    while len(list(out.glob("shards/g*.index.npz"))) < 3:
         assert job.poll() is None and time.monotonic() < deadline, "the ingest ended before it was killed"
         time.sleep(0.02)
     os.kill(job.pid, signal.SIGKILL)
     job.wait(timeout=60)
     survived = load_cache(out)
-    committed = len(list((out / "shards").glob("*.index.npz")))
+    committed = len(list((out / "shards").glob("g*.index.npz")))
     assert len(survived) == 2 * committed and 6 <= len(survived) < len(reference)
     rows = [reference.index_of(p) for p in survived.paths]
     np.testing.assert_array_equal(np.asarray(survived.faces), np.asarray(reference.faces)[rows])

@@ -536,7 +536,7 @@ def test_metadata_replaces_the_registry_json_or_goes_beside_custom_weights(tmp_p
 def test_data_sources_folder_tree_aligned_cache_and_msceleb_tsv(tmp_path, shared_data, monkeypatch):
     """The three --data kinds load the same faces: a tree (aligned and cached), its cache folder, a TSV
     (streamed into a store once: scanned again only when the file changes)."""
-    import utils.faces.tsv_ingest
+    import utils.faces.cache
     from utils.datasets.msceleb import TsvFace, write_tsv
     from utils.faces.cache import default_cache_path
     from utils.training.data import load_source, load_training_data
@@ -557,8 +557,8 @@ def test_data_sources_folder_tree_aligned_cache_and_msceleb_tsv(tmp_path, shared
         load_source(default_cache_path(tree, 96, "outer_eyes_and_nose"), 128)
     tsv = write_tsv(tmp_path / "celebs.tsv", faces)
     scans = []
-    ingest = utils.faces.tsv_ingest._ingest
-    monkeypatch.setattr(utils.faces.tsv_ingest, "_ingest", lambda *a, **k: scans.append(a) or ingest(*a, **k))
+    ingest = utils.faces.cache._ingest_tsv
+    monkeypatch.setattr(utils.faces.cache, "_ingest_tsv", lambda *a, **k: scans.append(a) or ingest(*a, **k))
     from_tsv = load_source(tsv, 96, log=lambda m: None)
     assert sorted(set(from_tsv.identities)) == [f"m.{name}" for name in sorted(set(from_tree.identities))]
     np.testing.assert_array_equal(from_tsv.faces, from_tree.faces)

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.datasets.folders import DatasetError, list_identity_images
-from utils.faces import store
+from utils.faces import store, tsv_ingest
 from utils.faces.align import FaceAligner, centre_crop
 from utils.faces.image_io import ImageReadError, read_image
 from utils.faces.store import RowView
@@ -208,10 +208,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def part_name(shard: tuple[int, int]) -> str:
-    return f"p{shard[0]}of{shard[1]}"
-
-
 def in_part(key: str, shard: tuple[int, int]) -> bool:
     """Whether a folder-tree image belongs to part I of N: a hash of its key, stable as images are added."""
     return zlib.crc32(key.encode()) % shard[1] == shard[0] - 1
@@ -314,7 +310,7 @@ def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str
         raise FileNotFoundError(str(err)) from None
     stats = np.array([_stat_key(root / f) for f in files], np.int64).reshape(len(files), 2)
     open_store(folder, settings)
-    with store.writing(folder, part_name(shard)):
+    with store.writing(folder, store.part_name(shard)):
         _update(root, folder, settings, files, stats, workers, progress, shard, shard_size)
     index = store.read_index(folder)
     readable, unreadable = _listed(index, files, stats)
@@ -326,7 +322,7 @@ def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str
 def _update(root: Path, folder: Path, settings: dict, files: list[str], stats: np.ndarray, workers: int | None,
             progress: bool, shard: tuple[int, int], shard_size: int) -> None:
     """Under the part's lock: align the part's new or changed images (stats: their _stat_key) into new shards."""
-    part = part_name(shard)
+    part = store.part_name(shard)
     store.remove_unfinished(folder, part)
     index = store.read_index(folder)
     readable, unreadable = _listed(index, files, stats)
@@ -349,6 +345,67 @@ def _update(root: Path, folder: Path, settings: dict, files: list[str], stats: n
         writer.abandon()
         raise
     writer.close()
+
+
+def _align_line(item: tuple[str, tuple[int, int], bytes]) -> tuple:
+    """Worker: decode and align one TSV line: (key, stat, face, detected, box, landmarks, error)."""
+    key, stat, raw = item
+    try:
+        face = tsv_ingest.decode_line(key, raw)
+    except ValueError as err:
+        return key, stat, None, False, None, None, str(err)
+    return (key, stat, *_align_rgb(face.image), None)
+
+
+def _ingest_tsv(tsv: Path, folder: Path, settings: dict, workers: int, progress: bool, shard: tuple[int, int],
+                shard_size: int) -> None:
+    """Under the part's lock: align the part's new or changed lines into new shards."""
+    part = store.part_name(shard)
+    store.remove_unfinished(folder, part)
+    lines = tsv_ingest.ChangedLines(tsv, shard, store.read_index(folder))
+    writer = store.ShardWriter(folder, part, (settings["output_size"],) * 2 + (3,), shard_size)
+    corrupt = []
+    try:
+        for key, stat, face, detected, box, points, error in _align_many(
+                _align_line, lines, settings, workers, f"aligning {tsv.name} part {shard[0]}/{shard[1]}", progress):
+            if error:
+                writer.add_unreadable(key, stat)
+                corrupt.append(f"{key}: {error}")
+            else:
+                writer.add(key, stat, face, detected, box, points)
+        if shard == (1, 1):  # a whole-file run: the faces of lines no longer in the file go
+            for i in lines.gone:
+                writer.add_unreadable(lines.index.keys[i].decode(), store.REMOVED)
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.close()
+    if corrupt:
+        print(tsv_ingest.corrupt_summary(tsv, corrupt), file=sys.stderr)
+    tsv_ingest.mark_done(folder, tsv, shard, f"{writer.committed} faces aligned, {lines.stored} already stored")
+
+
+def load_or_build_tsv(tsv: str | Path, output_size: int = 96, landmarks: str = "outer_eyes_and_nose",
+                      out: str | Path | None = None, workers: int | None = None,
+                      upsample: int | Sequence[int] | None = DEFAULT_UPSAMPLE, detector: str = "hog",
+                      progress: bool = True, shard: tuple[int, int] = (1, 1),
+                      shard_size: int = store.DEFAULT_SHARD_SIZE) -> AlignedFaces:
+    """Aligned faces of every face of an MS-Celeb TSV (utils/faces/tsv_ingest.py), or of part I of N of
+    it, streamed into a store without writing JPEGs, aligning only new or changed lines; the result
+    holds every face the store has. ``root`` of the result is the TSV."""
+    tsv = Path(tsv)
+    if not tsv.is_file():
+        raise FileNotFoundError(f"MS-Celeb-1M TSV file not found: {tsv}")
+    folder = Path(out) if out else default_cache_path(tsv, output_size, landmarks, upsample, detector)
+    settings = alignment_settings(output_size, landmarks, upsample, detector)
+    open_store(folder, settings)
+    if shard != (1, 1) or not tsv_ingest.ingested_whole(folder, tsv):
+        with store.writing(folder, store.part_name(shard)):
+            _ingest_tsv(tsv, folder, settings, workers or os.cpu_count() or 1, progress, shard, shard_size)
+    index = store.read_index(folder)
+    if not len(index.readable) and shard == (1, 1):
+        raise ValueError(f"no line of {tsv} holds a readable face")
+    return aligned_from_index(folder, tsv, index, index.readable, index.unreadable)
 
 
 def load_cache(folder: str | Path) -> AlignedFaces:
@@ -413,7 +470,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compacted {folder}: {before} shards -> {after}")
             return 0
         if args.dataset.is_file():
-            from utils.faces.tsv_ingest import load_or_build_tsv
             data = load_or_build_tsv(args.dataset, args.size, args.landmarks, args.out, args.workers,
                                      args.upsample, args.detector, shard=shard, shard_size=args.shard_size)
         else:

@@ -160,6 +160,11 @@ def _flock(path: Path, mode: int) -> Iterator[None]:
         yield
 
 
+def part_name(shard: tuple[int, int]) -> str:
+    """The name of part I of N, as in shard file names: ``p<I>of<N>``."""
+    return f"p{shard[0]}of{shard[1]}"
+
+
 def store_lock_path(folder: Path) -> Path:
     return folder.with_name(folder.name + ".lock")
 

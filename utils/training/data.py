@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 from utils.datasets.folders import DatasetError
 from utils.datasets.lfw import parse_people
 from utils.evaluation.benchmark_faces import MANIFEST
-from utils.faces.cache import AlignedFaces, load_cache, load_or_build
-from utils.faces.tsv_ingest import load_or_build_tsv
+from utils.faces.cache import AlignedFaces, load_cache, load_or_build, load_or_build_tsv
 from utils.paths import data_dir, lfw_dir, lfw_protocol_dir
 from utils.training.batching import TrainingFaces, pool_datasets
 
