@@ -1,8 +1,11 @@
-"""The sharded face store: row views, compaction, old single-array caches."""
+"""The sharded face store: row views, compaction, old single-array caches, parts written side by side."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -80,3 +83,17 @@ def test_a_store_of_other_settings_is_refused(dataset, tmp_path):
     load_or_build(dataset, out=tmp_path / "store", workers=1, progress=False)
     with pytest.raises(store.StoreError, match="other settings"):
         load_or_build(dataset, output_size=64, out=tmp_path / "store", workers=1, progress=False)
+
+
+def test_a_part_runs_while_another_part_is_being_written(dataset, tmp_path):
+    out = tmp_path / "store"
+    load_or_build(dataset, out=out, workers=1, progress=False, shard=(1, 3))
+    results = []
+    with open(store.store_lock_path(out), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # what a writer of part 1 of 3 holds while it runs
+        part = threading.Thread(target=lambda: results.append(
+            load_or_build(dataset, out=out, workers=1, progress=False, shard=(2, 3))))
+        part.start()
+        part.join(timeout=300)
+        assert not part.is_alive(), "part 2 of 3 waited for part 1"
+    assert {p.split("-")[1] for p in os.listdir(out / "shards") if p.endswith(".index.npz")} >= {"p2of3"}

@@ -264,6 +264,9 @@ def open_store(folder: Path, settings: dict) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     if (folder / "index.json").exists():
         _convert_old(folder, settings)
+    if store.is_store(folder):  # only checked: the exclusive lock would wait for every running writer
+        store.create(folder, settings)
+        return
     with store.exclusive(folder):
         store.create(folder, settings)
 
