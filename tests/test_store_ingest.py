@@ -49,7 +49,7 @@ def same_store(a, b) -> None:
     np.testing.assert_array_equal(np.asarray(a.landmarks), np.asarray(b.landmarks))
 
 
-def test_tsv_is_aligned_straight_into_the_store_like_its_folder_tree(tree, tsv, tmp_path, monkeypatch):
+def test_tsv_is_aligned_straight_into_the_store_like_its_folder_tree(tree, tsv, tmp_path, monkeypatch, capsys):
     from_tree = load_or_build(tree, out=tmp_path / "tree-store", workers=1, progress=False)
     calls = []
     align = face_cache._align_line
@@ -63,8 +63,11 @@ def test_tsv_is_aligned_straight_into_the_store_like_its_folder_tree(tree, tsv, 
     assert not list(tmp_path.rglob("*.jpg.tmp")) and not (tmp_path / "tsv-store" / "Abdullah_Gul").exists()
 
     calls.clear()  # a whole ingest of this version of the file: not even scanned again
+    capsys.readouterr()
     same_store(load_or_build_tsv(tsv, out=tmp_path / "tsv-store", workers=1, progress=False), from_tsv)
     assert calls == []
+    assert (f"skipped 1 unreadable line(s) of {tsv}, unchanged since an earlier run found them unreadable: "
+            f"{from_tsv.unreadable[0]}") in capsys.readouterr().err  # the corrupt line is named again
     with open(tsv, "a") as out:  # one line added: only it is aligned
         out.write(open(tsv).readline().replace("\t1\t", "\t9\t", 1))
     grown = load_or_build_tsv(tsv, out=tmp_path / "tsv-store", workers=1, progress=False)

@@ -523,7 +523,11 @@ def load_or_build_tsv(tsv: str | Path, output_size: int = 96, landmarks: str = "
 
 
 def load_cache(folder: str | Path) -> AlignedFaces:
-    """A store (or an old single-array cache) read without its dataset (root = the folder): every face in it."""
+    """A store (or an old single-array cache) read without its dataset (root = the folder): every face in it.
+
+    ValueError names the folder or file and the problem (DamagedCacheError for an old cache whose files
+    disagree, store.DamagedShardError for a shard that cannot be read: it says which files to delete).
+    """
     folder = Path(folder)
     if not store.is_store(folder):
         loaded = _load(folder, folder)  # DamagedCacheError names the folder and the problem
