@@ -45,8 +45,8 @@ from pathlib import Path
 from utils.paths import REPO_ROOT
 
 EPILOG = """Data: each --data entry is a folder-per-identity tree (aligned once with dlib and cached), an
-aligned-cache folder (python -m utils.faces.cache) or an MS-Celeb-1M face TSV (exported to a
-folder tree in the cache folder first). Only faces where dlib found a face are trained on;
+aligned-cache folder (python -m utils.faces.cache) or an MS-Celeb-1M face TSV (streamed into a
+face store in the cache folder, no JPEG files written). Only faces where dlib found a face are trained on;
 identities with fewer than --min-images of them are left out, those with fewer than K are
 sampled with replacement. Identities are namespaced per dataset.
 

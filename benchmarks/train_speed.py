@@ -3,6 +3,7 @@
     python benchmarks/train_speed.py [--models ang ang2 inception_v4 nn2] [--steps 5]
                                      [--batch-identities 8 --images-per-identity 4] [--old-way-model ang]
                                      [--old-way-upsample 0 1]
+    python benchmarks/train_speed.py --store-vs-memory [--models ang] [--rounds 3] [--mixed-precision]
 
 Ours: identity-balanced P x K batches gathered from the in-memory aligned LFW cache, augmented in
 TF ops and prefetched (utils.training.batching), one tf.function step (utils.training.loop). The earlier
@@ -11,6 +12,12 @@ walking the LFW folders in order (unshuffled, so a batch holds one or two people
 every image from disk, decodes it, detects the face with dlib and aligns it, per step, with no
 prefetch. The first two steps of each run (tracing) are not timed. The CPU may be shared:
 figures are noisy, compare the two rows of one run.
+
+--store-vs-memory times instead the training data of train.py's default (LFW without the
+DevTest and benchmark people, plus the CelebA subset) read two ways, in alternating rounds:
+rows gathered from the memory-mapped shards of the face store (what train.py does) and the
+same faces copied into one in-memory array (the earlier cache's way); and each input pipeline
+alone, without a model.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from utils.faces.align import FaceAligner, centre_crop  # noqa: E402
 from utils.faces.cache import list_images, load_or_build  # noqa: E402
 from utils.faces.image_io import read_image  # noqa: E402
 from utils.paths import lfw_dir  # noqa: E402
-from utils.training.batching import PKSampler, pool_datasets, training_dataset  # noqa: E402
+from utils.training.batching import PKSampler, TrainingFaces, pool_datasets, training_dataset  # noqa: E402
 from utils.training.config import TrainConfig  # noqa: E402
 from utils.training.loop import build_model_and_optimizer, make_train_step  # noqa: E402
 
@@ -73,6 +80,44 @@ def images_per_second(model_name: str, batches: tf.data.Dataset, batch_size: int
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def pipeline_images_per_second(batches: tf.data.Dataset, batch_size: int, steps: int) -> float:
+    """Images/s of an input pipeline alone: batches made and augmented, no model."""
+    iterator = iter(batches)
+    for _ in range(WARMUP_STEPS):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def store_against_memory(args: argparse.Namespace, batch_size: int) -> None:
+    """Print training and pipeline images/s from the store and from memory, median over rounds."""
+    from utils.training.data import default_data, default_exclusions, load_training_data
+
+    stored, _ = load_training_data(default_data(), SIZE, default_exclusions(), 2, log=lambda m: None)
+    in_memory = TrainingFaces(np.asarray(stored.faces), stored.labels, stored.names, stored.paths)
+    sampler = PKSampler(stored.labels, args.batch_identities, args.images_per_identity, seed=0)
+    model = args.models[0]
+    print(f"{len(stored)} faces of {stored.num_identities} identities; {model}, {batch_size} images per step "
+          f"({args.batch_identities} x {args.images_per_identity}), {args.steps} timed steps, {args.rounds} rounds, "
+          f"mixed precision {'on' if args.mixed_precision else 'off'}")
+    rates: dict[str, list[float]] = {f"{kind} {source}": [] for kind in ("training", "pipeline")
+                                     for source in ("memory", "store")}
+    for _ in range(args.rounds):
+        for source, faces in (("memory", in_memory), ("store", stored)):
+            rates[f"pipeline {source}"].append(pipeline_images_per_second(
+                training_dataset(faces, sampler), batch_size, args.steps * 4))
+            rates[f"training {source}"].append(images_per_second(
+                model, training_dataset(faces, sampler), batch_size, args.steps, args.mixed_precision))
+            print(", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items() if v), flush=True)
+    median = {k: float(np.median(v)) for k, v in rates.items()}
+    for kind in ("training", "pipeline"):
+        memory, store = median[f"{kind} memory"], median[f"{kind} store"]
+        print(f"{kind:8s} images/s, median: in memory {memory:7.1f}, from the store {store:7.1f} "
+              f"({store / memory:.3f} of in memory)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=TRAINABLE_MODEL_NAMES, default=list(TRAINABLE_MODEL_NAMES),
@@ -89,8 +134,15 @@ def main() -> None:
                         help="also time the cached pipeline of --old-way-model with 16-bit compute "
                              "(train.py --mixed-precision: bfloat16 on a CPU)")
     parser.add_argument("--lfw", type=Path, default=lfw_dir(), help="LFW folder (default: %(default)s)")
+    parser.add_argument("--store-vs-memory", action="store_true",
+                        help="time the first of --models reading train.py's default data from the face store "
+                             "and from memory, instead of the runs above")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of --store-vs-memory (default 3)")
     args = parser.parse_args()
     batch_size = args.batch_identities * args.images_per_identity
+    if args.store_vs_memory:
+        store_against_memory(args, batch_size)
+        return
 
     cache = load_or_build(args.lfw, output_size=SIZE)
     faces = pool_datasets({"lfw": cache})

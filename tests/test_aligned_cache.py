@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import utils.faces.cache as face_cache
+from tests.test_face_store import write_old_cache
 from utils.faces.cache import load_or_build, main
 from utils.paths import REPO_ROOT
 
@@ -91,27 +92,32 @@ def test_rerun_aligns_only_new_or_changed(dataset, tmp_path, counted_alignments)
     assert np.array_equal(third.faces[row], first.faces[first.index_of("Aaron_Eckhart/Aaron_Eckhart_0001.jpg")])
 
 
-def test_an_incomplete_or_inconsistent_cache_is_rebuilt_with_a_message(dataset, tmp_path, capsys,
-                                                                       counted_alignments):
+def test_an_incomplete_or_inconsistent_old_cache_is_rebuilt_with_a_message(dataset, tmp_path, capsys,
+                                                                           counted_alignments):
+    first = load_or_build(dataset, out=tmp_path / "store", workers=1, progress=False)
     out = tmp_path / "cache"
-    first = load_or_build(dataset, out=out, workers=1, progress=False)
+    write_old_cache(out, first, dataset)
     index = json.loads((out / "index.json").read_text())
     damages = {
         "lacks settings, paths, stats": lambda: (out / "index.json").write_text('{"version": 1}'),
         "paths but": lambda: (out / "index.json").write_text(json.dumps({**index, "stats": index["stats"][:-1]})),
-        "faces.npy has shape": lambda: np.save(out / "faces.npy", first.faces[:-1]),
+        "faces.npy has shape": lambda: np.save(out / "faces.npy", np.asarray(first.faces)[:-1]),
         "not a JSON object": lambda: (out / "index.json").write_text("[]"),
+        "format 7, not 1": lambda: (out / "index.json").write_text(json.dumps({**index, "version": 7})),
     }
     for problem, damage in damages.items():
+        write_old_cache(out, first, dataset)
         damage()
         with pytest.raises(ValueError, match=f"aligned cache in {out} is damaged.*{problem}"):
             face_cache.load_cache(out)
         counted_alignments.clear()
         capsys.readouterr()
         rebuilt = load_or_build(dataset, out=out, workers=1, progress=False)
-        assert f"aligned cache in {out} is damaged" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"aligned cache in {out} is damaged (" in err and problem in err and "building it again" in err
         assert len(counted_alignments) == len(first) + 1  # every image again, the unreadable one too
         assert rebuilt.paths == first.paths and np.array_equal(rebuilt.faces, first.faces)
+        assert not (out / "index.json").exists()  # now a store
 
 
 def test_broken_links_and_folders_named_like_images_are_listed_as_unreadable(dataset, tmp_path, capsys):
@@ -180,23 +186,28 @@ def test_progress_false_prints_no_bar(dataset, tmp_path, capsys):
     assert "aligning faces" in capsys.readouterr().err
 
 
-def test_leftovers_of_a_killed_save_are_cleaned_or_recovered(dataset, tmp_path, counted_alignments):
+def test_leftovers_of_a_killed_writer_are_removed_and_shards_are_never_rewritten(dataset, tmp_path,
+                                                                               counted_alignments):
     out = tmp_path / "cache"
-    first = load_or_build(dataset, out=out, workers=1, progress=False)
-    # Killed between the two renames of the swap: only <name>.old holds the cache; a temp folder remains.
-    out.rename(tmp_path / "cache.old")
-    (tmp_path / "cache.tmpab12").mkdir()
-    (tmp_path / "cache.tmpab12" / "faces.npy").write_bytes(b"half written")
+    first = load_or_build(dataset, out=out, workers=1, progress=False, shard_size=4)
+    shards = out / "shards"
+    before = {p.name: p.read_bytes() for p in shards.iterdir()}
+    assert len([n for n in before if n.endswith(".index.npz")]) == 3  # 11 rows and 1 unreadable in shards of 4
+    # A writer of this part killed mid-shard, one killed between its renames, and a running writer of another part.
+    (shards / ".tmp-g000009-p1of1-00000.faces.npy").write_bytes(b"half written")
+    (shards / "g000009-p1of1-00001.faces.npy").write_bytes(b"no index yet")
+    (shards / ".tmp-g000009-p2of3-00000.faces.npy").write_bytes(b"another job's")
     counted_alignments.clear()
-    again = load_or_build(dataset, out=out, workers=1, progress=False)
-    assert counted_alignments == [] and np.array_equal(again.faces, first.faces)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cache")) == ["cache", "cache.lock"]
-
-    (tmp_path / "cache.old").mkdir()  # a stale .old beside a good cache does not block the next swap
-    (tmp_path / "cache.old" / "index.json").write_text("{}")
     shutil.copy(dataset / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", dataset / "Aaron_Peirsol" / "new.jpg")
-    third = load_or_build(dataset, out=out, workers=1, progress=False)
-    assert "Aaron_Peirsol/new.jpg" in third.paths and not (tmp_path / "cache.old").exists()
+    again = load_or_build(dataset, out=out, workers=1, progress=False, shard_size=4)
+    assert [p.split("/")[-1] for p in counted_alignments] == ["new.jpg"]
+    after = {p.name: p for p in shards.iterdir()}
+    assert all(after[name].read_bytes() == data for name, data in before.items())  # old shards untouched
+    assert ".tmp-g000009-p2of3-00000.faces.npy" in after
+    assert not {".tmp-g000009-p1of1-00000.faces.npy", "g000009-p1of1-00001.faces.npy"} & set(after)
+    assert len(after) == len(before) + 3 + 1  # one new shard of three files, the other part's file
+    row = again.index_of("Aaron_Peirsol/new.jpg")
+    assert np.array_equal(again.faces[row], first.faces[first.index_of("Aaron_Peirsol/Aaron_Peirsol_0001.jpg")])
 
 
 def test_second_builder_waits_for_the_lock_then_reuses_the_cache(dataset, tmp_path, counted_alignments):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from utils.faces.store import RowView
 from utils.training.batching import (
     PKSampler,
     TrainingFaces,
@@ -124,6 +125,16 @@ def test_dataset_yields_float_faces_and_labels_of_the_sampled_rows():
     assert images.dtype == tf.float32 and images.shape == (8, 8, 8, 3)
     np.testing.assert_allclose(images.numpy(), pool.faces[rows] / 255.0, atol=1e-6)
     np.testing.assert_array_equal(labels.numpy(), pool.labels[rows])
+
+
+def test_store_rows_and_in_memory_faces_give_identical_batches():
+    pool = uneven_pool()
+    assert isinstance(pool.faces, RowView)
+    in_memory = TrainingFaces(np.asarray(pool.faces), pool.labels, pool.names, pool.paths)
+    sampler = PKSampler(pool.labels, 4, 2, seed=5)
+    from_rows = [x.numpy() for x, _ in training_dataset(pool, sampler, augmentation="strong").take(3)]
+    from_memory = [x.numpy() for x, _ in training_dataset(in_memory, sampler, augmentation="strong").take(3)]
+    np.testing.assert_array_equal(np.stack(from_rows), np.stack(from_memory))
 
 
 def test_resumed_dataset_continues_with_identical_augmented_batches():

@@ -24,11 +24,12 @@ PEAK_LIMIT_MB = 500
 
 ALIGN = """
 import json, sys
+import numpy as np
 from utils.faces.cache import load_or_build
 data = load_or_build(sys.argv[1], out=sys.argv[2], workers=1, progress=False)
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"peak_mb": peak_kb / 1024, "paths": data.paths, "detected": data.detected.tolist(),
-                  "landmarks": data.landmarks.tolist(), "faces": data.faces.tolist()}))
+                  "landmarks": np.asarray(data.landmarks).tolist(), "faces": np.asarray(data.faces).tolist()}))
 """
 
 

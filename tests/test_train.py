@@ -629,11 +629,11 @@ def test_metadata_replaces_the_registry_json_or_goes_beside_custom_weights(tmp_p
 
 def test_data_sources_folder_tree_aligned_cache_and_msceleb_tsv(tmp_path, shared_data, monkeypatch):
     """The three --data kinds load the same faces: a tree (aligned and cached), its cache folder, a TSV
-    (exported once: again only when the file changes)."""
-    import utils.training.data
+    (streamed into a store once: scanned again only when the file changes)."""
+    import utils.faces.cache
     from utils.datasets.msceleb import TsvFace, write_tsv
     from utils.faces.cache import default_cache_path
-    from utils.training.data import export_msceleb, load_source, load_training_data
+    from utils.training.data import load_source, load_training_data
 
     monkeypatch.setenv("FACE_CACHE_DIR", str(tmp_path / "cache"))
     tree = tmp_path / "tree"
@@ -650,22 +650,21 @@ def test_data_sources_folder_tree_aligned_cache_and_msceleb_tsv(tmp_path, shared
     with pytest.raises(ValueError, match="not --image-size 128"):
         load_source(default_cache_path(tree, 96, "outer_eyes_and_nose"), 128)
     tsv = write_tsv(tmp_path / "celebs.tsv", faces)
-    exports = []
-    export = utils.training.data.export_to_folders
-    monkeypatch.setattr(utils.training.data, "export_to_folders", lambda *a, **k: exports.append(a) or export(*a, **k))
+    scans = []
+    ingest = utils.faces.cache._ingest_tsv
+    monkeypatch.setattr(utils.faces.cache, "_ingest_tsv", lambda *a, **k: scans.append(a) or ingest(*a, **k))
     from_tsv = load_source(tsv, 96, log=lambda m: None)
     assert sorted(set(from_tsv.identities)) == [f"m.{name}" for name in sorted(set(from_tree.identities))]
     np.testing.assert_array_equal(from_tsv.faces, from_tree.faces)
-    assert len(exports) == 1
+    assert len(scans) == 1 and not (tmp_path / "cache" / "msceleb").exists()  # no folder of JPEGs
     np.testing.assert_array_equal(load_source(tsv, 96, log=lambda m: None).faces, from_tree.faces)
-    assert len(exports) == 1  # the finished export was used
+    assert len(scans) == 1  # the finished ingest was used
     pooled, _ = load_training_data([str(tree), str(tsv)], 96, [], 2, log=lambda m: None)
     assert pooled.num_identities == 4 and pooled.names[0].startswith("tree/")  # namespaced per source
-    assert len(exports) == 1
-    write_tsv(tsv, faces[:2] + faces[3:])  # the file changes: exported again, from scratch, so the
-    export_tree = export_msceleb(tsv, log=lambda m: None)  # second person, now with one face, is gone
-    assert len(exports) == 2
-    assert sorted(p.name for p in export_tree.iterdir() if p.is_dir()) == [from_tsv.identities[0]]
+    assert len(scans) == 1
+    write_tsv(tsv, faces[:2] + faces[3:])  # the file changes: scanned again; the removed line's face goes
+    again = load_source(tsv, 96, log=lambda m: None)
+    assert len(scans) == 2 and len(again) == 3 and again.paths == from_tsv.paths[:2] + from_tsv.paths[3:]
     with pytest.raises(ValueError, match="training data not found"):
         load_source(tmp_path / "missing", 96)
 

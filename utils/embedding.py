@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from utils.console import progress_bar
+from utils.faces.store import RowView
 
 
 def model_input_size(model: keras.Model) -> int:
@@ -28,16 +29,17 @@ def _normalise(embeddings: np.ndarray) -> np.ndarray:
     return embeddings / np.maximum(norms, 1e-12)
 
 
-def embed_faces(model: keras.Model, faces: np.ndarray, batch_size: int = 64, flip: bool = False,
+def embed_faces(model: keras.Model, faces: np.ndarray | RowView, batch_size: int = 64, flip: bool = False,
                 progress: bool = False) -> np.ndarray:
-    """Embeddings (N, D) float32 of aligned uint8 RGB faces (N, S, S, 3).
+    """Embeddings (N, D) float32 of aligned uint8 RGB faces (N, S, S, 3), an array or a RowView of a
+    store (read one batch at a time, so memory stays bounded however many faces there are).
 
     Faces of another size than the model's input are resized. Each batch goes through
     ``model.predict_on_batch`` (one compiled graph call, much faster than ``model.predict``
     on small inputs). With ``flip`` a face's embedding is the mean of its own and its mirror
     image's embeddings (computed in the same batch), normalised again to unit length.
     """
-    faces = np.asarray(faces)
+    faces = faces if isinstance(faces, RowView) else np.asarray(faces)
     if faces.ndim != 4 or faces.shape[3] != 3 or faces.dtype != np.uint8:
         raise ValueError(f"expected (N, S, S, 3) uint8 faces, got {faces.dtype} {faces.shape}")
     if batch_size < 1:
@@ -47,7 +49,7 @@ def embed_faces(model: keras.Model, faces: np.ndarray, batch_size: int = 64, fli
     out = np.empty((len(faces), dim), dtype=np.float32)
     starts = range(0, len(faces), batch_size)
     for start in progress_bar(starts, desc="embedding", unit="batch", disable=not progress):
-        batch = _resize(faces[start:start + batch_size], size).astype(np.float32) / 255.0
+        batch = _resize(np.asarray(faces[start:start + batch_size]), size).astype(np.float32) / 255.0
         if flip:
             batch = np.concatenate([batch, batch[:, :, ::-1]])
         embeddings = np.asarray(model.predict_on_batch(batch), dtype=np.float32)

@@ -41,6 +41,7 @@ from utils.evaluation.metrics import (
     train_test_verification,
 )
 from utils.faces.cache import AlignedFaces, load_or_build
+from utils.faces.store import RowView
 from utils.paths import lfw_dir
 
 # An embedder maps rows of an aligned cache to embeddings, one row each.
@@ -78,7 +79,7 @@ def keras_embedder(model: keras.Model, batch_size: int = 64, flip: bool = False,
                    progress: bool = False) -> Embedder:
     """An embedder running a Keras model on the cached aligned faces."""
     def embed(aligned: AlignedFaces, rows: Sequence[int]) -> np.ndarray:
-        return embed_faces(model, aligned.faces[np.asarray(rows)], batch_size=batch_size, flip=flip,
+        return embed_faces(model, RowView.of(aligned.faces).take(rows), batch_size=batch_size, flip=flip,
                            progress=progress)
     return embed
 

@@ -21,23 +21,26 @@ Only faces where dlib found a face (``detected``) are used. Several datasets com
 identity is named ``<dataset>/<folder>``, so equal folder names in two datasets stay apart.
 
 The pipeline: a generator yields one index array per batch (NumPy, per batch, not per
-image), then one vectorised TF function gathers the uint8 faces from the in-memory array,
-converts them to float32 in [0, 1] and augments them (mild: horizontal flip, small rotation,
-scale and shift, brightness and contrast; strong: larger ones, plus colour, blur and an erased
-patch; pose: mild with larger rotation, scale and shift) with stateless random ops seeded by
-``(seed, step, replica)``, then prefetches.
+image), then a parallel map gathers the batch's uint8 faces (read from the memory-mapped shards
+of the face store, several batches at once, or from an in-memory array), converts them to
+float32 in [0, 1] and augments them (mild: horizontal flip, small rotation, scale and shift,
+brightness and contrast; strong: larger ones, plus colour, blur and an erased patch; pose: mild
+with larger rotation, scale and shift) with stateless random ops seeded by ``(seed, step, replica)``,
+then prefetches.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
+
+from utils.faces.store import RowView
 
 if TYPE_CHECKING:
     from utils.faces.cache import AlignedFaces
@@ -73,7 +76,7 @@ ERASE_AREA = (0.03, 0.15)       # area of an erased rectangle, as a fraction of 
 class TrainingFaces:
     """Aligned faces pooled for training: uint8 faces, an integer label each, label names, image paths."""
 
-    faces: np.ndarray       # (N, S, S, 3) uint8
+    faces: np.ndarray | RowView  # (N, S, S, 3) uint8, in memory or rows of memory-mapped store shards
     labels: np.ndarray      # (N,) int32, index into names
     names: list[str]        # "<dataset>/<identity>" for each label
     paths: list[str]        # "<dataset>/<relative image path>" of each face
@@ -117,7 +120,7 @@ def pool_datasets(datasets: Mapping[str, AlignedFaces], exclude: Iterable[str] =
     excluded = sorted(set(exclude))
     chunks, label_chunks, label_names, paths = [], [], [], []
     for name, data in datasets.items():
-        identities, faces = np.asarray(data.identities), data.faces
+        identities, faces = np.asarray(data.identities), RowView.of(data.faces)
         keep = np.asarray(data.detected, bool) & ~np.isin(identities, excluded)
         counts = Counter(identities[keep].tolist())
         kept_names = sorted(i for i, n in counts.items() if n >= min_images)
@@ -125,7 +128,7 @@ def pool_datasets(datasets: Mapping[str, AlignedFaces], exclude: Iterable[str] =
         label_of = {ident: len(label_names) + j for j, ident in enumerate(kept_names)}
         label_names += [f"{name}/{ident}" for ident in kept_names]
         rows = np.flatnonzero(keep)
-        chunks.append(faces[rows])
+        chunks.append(faces.take(rows))
         label_chunks.append(np.array([label_of[i] for i in identities[rows]], np.int32))
         paths += [f"{name}/{data.paths[row]}" for row in rows]
     if not label_names:
@@ -134,7 +137,7 @@ def pool_datasets(datasets: Mapping[str, AlignedFaces], exclude: Iterable[str] =
     sizes = {c.shape[1:] for c in chunks if len(c)}
     if len(sizes) > 1:
         raise ValueError(f"the datasets' faces differ in size: {sorted(sizes)}")
-    return TrainingFaces(np.concatenate(chunks), np.concatenate(label_chunks), label_names, paths)
+    return TrainingFaces(RowView.concatenate(chunks), np.concatenate(label_chunks), label_names, paths)
 
 
 class PKSampler:
@@ -145,7 +148,8 @@ class PKSampler:
     def __init__(self, labels: np.ndarray, identities_per_batch: int, images_per_identity: int,
                  seed: int = 0, group: np.ndarray | None = None, group_share: float | None = None):
         labels = np.asarray(labels)
-        self.rows = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+        by_label = np.argsort(labels, kind="stable")  # each label's rows in ascending order, in one sort
+        self.rows = np.split(by_label, np.cumsum(np.bincount(labels))[:-1])
         if any(len(r) == 0 for r in self.rows):
             raise ValueError("labels must be 0..n-1 with every label used")
         if identities_per_batch < 2 or images_per_identity < 2:
@@ -306,6 +310,21 @@ def augment(images: tf.Tensor, seed: tf.Tensor, strength: str = "mild") -> tf.Te
     return images
 
 
+def _face_gatherer(faces: np.ndarray | RowView, rows_per_call: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    """rows -> uint8 faces: a tf.gather from a constant for in-memory faces; for a store's RowView a
+    read of the rows from the memory-mapped shards (run by tf.data's parallel map, so several
+    batches are read at once while the model trains)."""
+    if isinstance(faces, np.ndarray):
+        table = tf.constant(faces)
+        return lambda rows: tf.gather(table, rows)
+    shape = (rows_per_call, *faces.shape[1:])
+
+    def gather(rows: tf.Tensor) -> tf.Tensor:
+        return tf.ensure_shape(tf.numpy_function(faces.gather, [rows], tf.uint8, stateful=False), shape)
+
+    return gather
+
+
 def training_dataset(faces: TrainingFaces, sampler: PKSampler, start_step: int = 0,
                      augmentation: str = "mild",
                      input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
@@ -337,12 +356,12 @@ def training_dataset(faces: TrainingFaces, sampler: PKSampler, start_step: int =
                 yield step, r, replica_slice(batch, sampler.k, r, replicas)
             step += 1
 
-    images_table = tf.constant(faces.faces)
+    gather_faces = _face_gatherer(faces.faces, share)
     labels_table = tf.constant(faces.labels)
     seed = sampler.seed
 
     def load(step: tf.Tensor, replica: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        images = tf.cast(tf.gather(images_table, rows), tf.float32) / 255.0
+        images = tf.cast(gather_faces(rows), tf.float32) / 255.0
         if augmentation != "none":
             images = augment(images, tf.stack([tf.constant(seed, tf.int64), step * replicas + replica]),
                              augmentation)

@@ -1,7 +1,7 @@
 """The faces a training run learns from and validates on.
 
 Each --data entry is an aligned-cache folder, a folder-per-identity tree (aligned once and
-cached) or an MS-Celeb-1M TSV (exported once to a folder tree under the cache folder). The
+cached) or an MS-Celeb-1M TSV (streamed once into a face store under the cache folder). The
 sources are pooled with identities namespaced per source, minus the excluded people: by
 default the LFW View 1 DevTest people (the validation identities), the benchmark-face
 people (benchmark_faces/manifest.txt, the t-SNE figures' faces) and the CelebA hold-out
@@ -9,22 +9,18 @@ people (benchmark_faces/manifest.txt, the t-SNE figures' faces) and the CelebA h
 """
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from utils.atomic import write_text_atomic
 from utils.datasets.folders import DatasetError
 from utils.datasets.holdout import TEST_PEOPLE, VAL_PAIRS, VAL_PEOPLE
 from utils.datasets.lfw import read_people_file
-from utils.datasets.msceleb import export_to_folders
 from utils.evaluation.benchmark_faces import MANIFEST
-from utils.faces.cache import AlignedFaces, load_cache, load_or_build
-from utils.paths import cache_dir, data_dir, lfw_dir, lfw_protocol_dir
+from utils.faces.cache import AlignedFaces, load_cache, load_or_build, load_or_build_tsv
+from utils.paths import data_dir, lfw_dir, lfw_protocol_dir
 
 if TYPE_CHECKING:  # TensorFlow loads with the first batch, not with train.py --help
     import keras
@@ -32,8 +28,6 @@ if TYPE_CHECKING:  # TensorFlow loads with the first batch, not with train.py --
     from utils.training.batching import TrainingFaces
 
 Evaluator = Callable[["keras.Model"], dict[str, float]]
-EXPORT_MARKER = ".export-complete.json"  # in an MS-Celeb export folder: which TSV it holds, whole
-MSCELEB_MIN_IMAGES = 2
 
 
 def default_data() -> list[str]:
@@ -52,34 +46,13 @@ def default_exclusions() -> list[str]:
     return [str(lfw_protocol_dir() / "peopleDevTest.txt"), str(MANIFEST), str(VAL_PEOPLE), str(TEST_PEOPLE)]
 
 
-def export_msceleb(tsv: Path, log: Callable[[str], None] = print) -> Path:
-    """The folder tree of an MS-Celeb TSV under the cache folder, exported unless a finished export
-    of the same file (same path, size and modification time: EXPORT_MARKER) is there already.
-    An unfinished export is continued; the export of a changed file is redone from scratch."""
-    tree = cache_dir() / "msceleb" / tsv.stem
-    stat = tsv.stat()
-    stamp = {"tsv": str(tsv.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-             "min_images": MSCELEB_MIN_IMAGES}
-    marker = tree / EXPORT_MARKER
-    if marker.is_file():
-        if json.loads(marker.read_text()) == stamp:
-            log(f"{tsv} was exported to {tree} already")
-            return tree
-        log(f"{tree} holds an export of another version of {tsv.name}: exporting again")
-        shutil.rmtree(tree)
-    log(f"exporting {tsv} to {tree}")
-    export_to_folders(tsv, tree, min_images=MSCELEB_MIN_IMAGES)
-    write_text_atomic(marker, json.dumps(stamp, indent=1) + "\n")
-    return tree
-
-
 def load_source(source: str | Path, image_size: int, log: Callable[[str], None] = print) -> AlignedFaces:
-    """Aligned faces of one --data entry: an aligned-cache folder, an MS-Celeb TSV (exported to a
-    folder tree first) or a folder-per-identity tree (aligned and cached)."""
+    """Aligned faces of one --data entry: an aligned-cache folder, an MS-Celeb TSV (streamed into a
+    face store) or a folder-per-identity tree (aligned and cached)."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".tsv":
-        path = export_msceleb(path, log)
-    if (path / "faces.npy").is_file():
+        return load_or_build_tsv(path, output_size=image_size)
+    if (path / "store.json").is_file() or (path / "faces.npy").is_file():
         faces = load_cache(path)
         if faces.faces.shape[1] != image_size:
             raise DatasetError(f"the aligned cache {path} holds {faces.faces.shape[1]} px faces, "
