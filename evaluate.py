@@ -141,7 +141,7 @@ def _evaluate(args: argparse.Namespace) -> list[tuple]:
     for name, (embedder, weights, size) in embedders.items():
         start = time.perf_counter()
         if size not in caches:
-            caches[size] = load_or_build(args.root, output_size=size, workers=args.workers)
+            caches[size] = load_or_build(args.root, output_size=size, workers=args.workers, only=images)
         result = evaluate_pairs(embedder, splits, args.protocol, aligned=caches[size], flip=args.flip,
                                 metric=args.metric, batch_size=args.batch_size, progress=True,
                                 impostors=args.protocol == "view2-unseen")

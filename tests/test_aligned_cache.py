@@ -57,6 +57,18 @@ def test_build_flags_no_face_and_lists_unreadable(dataset, tmp_path, counted_ali
     assert not np.isnan(data.landmarks[data.detected]).any()
 
 
+def test_only_the_needed_images_are_aligned_and_the_rest_later(dataset, tmp_path, counted_alignments):
+    """evaluate.py aligns what its protocol needs (only=...); a later full call aligns only the rest."""
+    every = face_cache.list_images(dataset)
+    needed = [p for p in every if p.startswith("Aaron_Peirsol/")]
+    part = load_or_build(dataset, out=tmp_path / "cache", workers=1, progress=False, only=needed)
+    assert part.paths == needed and len(counted_alignments) == len(needed)
+    whole = load_or_build(dataset, out=tmp_path / "cache", workers=1, progress=False)
+    assert set(whole.paths) | set(whole.unreadable) == set(every)
+    assert len(counted_alignments) == len(every)  # the needed images were not aligned again
+    assert np.array_equal(np.asarray(whole.faces[whole.index_of(needed[0])]), np.asarray(part.faces[0]))
+
+
 def test_only_images_inside_identity_folders_are_listed(dataset, tmp_path):
     expected = face_cache.list_images(dataset)
     shutil.copy(dataset / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", dataset / "loose.jpg")

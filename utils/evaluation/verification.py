@@ -189,7 +189,8 @@ def evaluate_pairs(embedder: keras.Model | Embedder, splits: dict[str, list[Pair
         if root is None:
             raise ValueError("evaluate_pairs needs the images' root folder or their aligned cache")
         check_images_exist(images, root)
-        aligned = load_or_build(Path(root), output_size=input_size, landmarks=landmarks, progress=progress)
+        aligned = load_or_build(Path(root), output_size=input_size, landmarks=landmarks, progress=progress,
+                                only=images)
     rows = _rows_of(aligned, images)
 
     start = time.perf_counter()

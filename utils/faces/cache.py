@@ -356,8 +356,11 @@ def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str
                   out: str | Path | None = None, workers: int | None = None,
                   upsample: int | Sequence[int] | None = DEFAULT_UPSAMPLE, detector: str = "hog",
                   progress: bool = True, shard: tuple[int, int] = (1, 1),
-                  shard_size: int = store.DEFAULT_SHARD_SIZE) -> AlignedFaces:
+                  shard_size: int = store.DEFAULT_SHARD_SIZE, only: Iterable[str] | None = None) -> AlignedFaces:
     """Aligned faces of every image under dataset_dir, aligning only what is new or changed.
+
+    ``only`` (relative paths, e.g. the images an evaluation protocol needs) restricts the work and
+    the result to those images; the store keeps them, and a later call aligns the rest.
 
     With ``shard=(I, N)`` only part I of N is aligned (parts are a hash of the image's path), so
     N processes can share the work; the result holds what the store has of the dataset so far.
@@ -372,6 +375,9 @@ def load_or_build(dataset_dir: str | Path, output_size: int = 96, landmarks: str
         files = list_images(root)
     except DatasetError as err:
         raise FileNotFoundError(str(err)) from None
+    if only is not None:
+        wanted = set(only)
+        files = [f for f in files if f in wanted]
     stats = np.array([_stat_key(root / f) for f in files], np.int64).reshape(len(files), 2)
     open_store(folder, settings)
 
