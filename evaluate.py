@@ -215,7 +215,7 @@ def _title(args: argparse.Namespace) -> str:
 
 def _resolve_protocol(args: argparse.Namespace) -> None:
     """Fill in what the options leave implicit: the protocol (its name for --pairs) and the image root."""
-    from utils.evaluation.verification import pairs_file_name
+    from utils.datasets.lfw import pairs_file_name  # light: TensorFlow is imported quietly later
 
     if args.pairs:
         args.protocol, args.root = args.name or pairs_file_name(args.pairs), args.root or args.lfw

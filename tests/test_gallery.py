@@ -265,16 +265,44 @@ def test_impostor_quantiles_measure_strangers_against_each_persons_mean():
     people = ["a", "a", "b", "c"]
     # one picture per person: a is its first picture; a's two pictures meet b (2) and c (4),
     # b meets a and c (2, 2), c meets a and b (4, 2): five 2s and three 4s
-    result = impostor_quantiles(embeddings, people, fars=np.array([0.2, 0.5, 1.0]), pictures_per_person=1)
+    result = impostor_quantiles(embeddings, people, fars=np.array([0.2, 0.5, 1.0]), pictures_per_person=1,
+                                confidence=None)
     assert result["n_pairs"] == 8 and result["n_people"] == 3
     assert result["distance"] == [2.0, 2.0, 4.0]
     # two pictures: only a is a gallery person; b (distance 2) and c (4) are its strangers
-    result = impostor_quantiles(embeddings, people, fars=np.array([0.5, 1.0]), pictures_per_person=2)
+    result = impostor_quantiles(embeddings, people, fars=np.array([0.5, 1.0]), pictures_per_person=2,
+                                confidence=None)
     assert result["n_pairs"] == 2 and result["distance"] == [3.0, 4.0]
     with pytest.raises(ValueError, match="nobody has 3 pictures"):
         impostor_quantiles(embeddings, people, pictures_per_person=3)
     with pytest.raises(ValueError, match="no pairs of different people"):
         impostor_quantiles(embeddings[:2], ["a", "a"], pictures_per_person=1)
+
+
+def test_impostor_distances_are_a_bound_that_holds_for_other_gallery_people():
+    """Half the people draw strangers far more than the rest: the stored distance, a 95% bootstrap
+    bound over the gallery people, must keep the false-accept rate of new people of the same kind
+    at its target far more often than the plain estimate does."""
+    from utils.evaluation.metrics import impostor_quantiles
+
+    def population(rng: np.random.Generator, n_people: int) -> tuple[np.ndarray, list[str]]:
+        centres = rng.normal(size=(n_people, 16))
+        centres[: n_people // 2] *= 0.25  # people near the middle of face space: strangers come close
+        rows = np.repeat(centres, 4, axis=0) + rng.normal(scale=0.3, size=(4 * n_people, 16))
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        return rows, [str(i) for i in np.repeat(np.arange(n_people), 4)]
+
+    fars, held, estimate_held = np.array([0.01]), 0, 0
+    for trial in range(20):
+        rng = np.random.default_rng(trial)
+        measured = impostor_quantiles(*population(rng, 30), fars=fars)
+        new_rows, new_people = population(rng, 30)
+        truth = impostor_quantiles(new_rows, new_people, fars=np.array([0.01]), confidence=None)
+        assert measured["distance"][0] <= measured["distance_estimate"][0]
+        held += measured["distance"][0] <= truth["distance"][0]
+        estimate_held += measured["distance_estimate"][0] <= truth["distance"][0]
+    print(f"bound held {held}/20, estimate {estimate_held}/20")
+    assert held >= 15 and held >= estimate_held + 5
 
 
 def test_every_readable_image_format_is_a_gallery_picture(tmp_path, lfw_root):

@@ -292,3 +292,12 @@ def benchmark_people(path: str | Path | None = None) -> dict[str, list[str]]:
     if not people:
         raise DatasetError(f"{path} lists no images")
     return people
+
+
+def pairs_file_name(path: str | Path) -> str:
+    """The protocol name of a pairs file: its stem without a ``pairs`` suffix (celeba-test-pairs.txt: celeba-test)."""
+    stem = Path(path).stem
+    for suffix in ("-pairs", "_pairs", ".pairs"):
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem.removesuffix(suffix)
+    return stem

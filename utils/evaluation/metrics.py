@@ -28,6 +28,9 @@ IMPOSTOR_FARS = np.round(np.logspace(-5, 0, 26), 7)  # 1e-5 ... 1, five steps pe
 # nearer a stranger comes to the mean (LFW view2-unseen, ANG, distance below which 0.2% of strangers
 # fall: 0.511 to single pictures, 0.481 to means of 2, 0.459 of 4, 0.442 of 8).
 CENTRE_PICTURES = 4
+# The default threshold must hold for the user's gallery people, not just for the evaluated ones:
+# impostor distances are stored as a one-sided 95% bootstrap bound over the gallery people.
+IMPOSTOR_CONFIDENCE = 0.95
 
 # Threshold grids: squared L2 between unit vectors lies in [0, 4] (OpenFace's grid, step 0.01);
 # cosine distance in [0, 2], the same grid scaled by one half.
@@ -239,14 +242,22 @@ def plot_roc_curves(curves: Mapping[str, VerificationResult], path: str | Path,
 
 
 def impostor_quantiles(embeddings: np.ndarray, people: Sequence[str], metric: str = "sqeuclidean",
-                       fars: np.ndarray = IMPOSTOR_FARS, pictures_per_person: int = CENTRE_PICTURES) -> dict:
+                       fars: np.ndarray = IMPOSTOR_FARS, pictures_per_person: int = CENTRE_PICTURES,
+                       confidence: float | None = IMPOSTOR_CONFIDENCE, resamples: int = 200) -> dict:
     """Distances of strangers to gallery-like people, summarised as quantiles.
 
     Every person with at least ``pictures_per_person`` rows becomes a gallery person: the mean of
     their first ``pictures_per_person`` embeddings, rescaled to unit length (as recognize.py matches a
-    face to a person). Every row of another person is a stranger to them. ``distance[i]`` is the
-    distance below which the share ``far[i]`` of those stranger-person distances fall: the per-person
-    false-accept rate of threshold ``distance[i]``. Rows should be unit length.
+    face to a person). Every row of another person is a stranger to them. ``distance_estimate[i]``
+    is the distance below which the share ``far[i]`` of those stranger-person distances fall: the
+    per-person false-accept rate of threshold ``distance_estimate[i]``. Rows should be unit length.
+
+    How many strangers a person draws varies a lot from person to person, so a user's gallery
+    draws more or fewer than these few people did. ``distance[i]`` is therefore a one-sided
+    ``confidence`` bound: the (1 - confidence) quantile of ``distance_estimate[i]`` over
+    ``resamples`` bootstrap draws of the gallery people (seeded, so repeatable); a threshold read
+    from it names at most ``far[i]`` of strangers with that confidence (never above the estimate). ``confidence=None``
+    stores the estimate itself as ``distance``.
     """
     people = np.asarray(people)
     embeddings = np.asarray(embeddings, np.float64)
@@ -265,8 +276,19 @@ def impostor_quantiles(embeddings: np.ndarray, people: Sequence[str], metric: st
     impostors = distances[people[:, None] != np.array(names)[None, :]]
     if impostors.size == 0:
         raise ValueError("no pairs of different people to take impostor distances from")
-    quantiles = np.quantile(impostors, np.asarray(fars, np.float64))
-    return {"far": [float(f) for f in fars], "distance": [round(float(d), 4) for d in quantiles],
+    fars = np.asarray(fars, np.float64)
+    estimate = np.quantile(impostors, fars)
+    bound = estimate
+    if confidence is not None:
+        stranger = people[:, None] != np.array(names)[None, :]
+        rng = np.random.default_rng(0)
+        draws = []
+        for _ in range(resamples):
+            columns = rng.integers(len(names), size=len(names))
+            draws.append(np.quantile(distances[:, columns][stranger[:, columns]], fars))
+        bound = np.minimum(np.quantile(np.array(draws), 1.0 - confidence, axis=0), estimate)
+    return {"far": [float(f) for f in fars], "distance": [round(float(d), 4) for d in bound],
+            "distance_estimate": [round(float(d), 4) for d in estimate], "confidence": confidence,
             "n_pairs": int(impostors.size), "n_images": len(people), "n_people": len(names),
             "pictures_per_person": pictures_per_person}
 

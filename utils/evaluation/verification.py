@@ -28,6 +28,7 @@ from utils.datasets.lfw import (
     load_dev_people,
     load_view2_pairs,
     pair_images,
+    pairs_file_name,
     parse_folded_pairs,
 )
 from utils.embedding import embed_faces, model_input_size
@@ -134,15 +135,6 @@ def evaluate_lfw(embedder: keras.Model | Embedder, protocol: str = "view2",
     return evaluate_pairs(embedder, protocol_pairs(protocol, protocol_dir), protocol,
                           root=lfw_root if lfw_root else lfw_dir(), aligned=aligned, flip=flip, metric=metric,
                           batch_size=batch_size, landmarks=landmarks, progress=progress, impostors=impostors)
-
-
-def pairs_file_name(path: str | Path) -> str:
-    """The protocol name of a pairs file: its stem without a ``pairs`` suffix (celeba-test-pairs.txt: celeba-test)."""
-    stem = Path(path).stem
-    for suffix in ("-pairs", "_pairs", ".pairs"):
-        if stem.endswith(suffix) and len(stem) > len(suffix):
-            return stem.removesuffix(suffix)
-    return stem
 
 
 def evaluate_pairs_file(embedder: keras.Model | Embedder, pairs_file: str | Path, root: str | Path,
