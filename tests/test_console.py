@@ -70,3 +70,41 @@ def test_plain_lines_drop_empty_redraws():
     for text in ("\r", "\rstep 1", "\r\n", "\rstep 2   "):
         writer.write(text)
     assert out.getvalue() == "step 1\nstep 2\n"
+
+
+def run_as_a_user(tmp_path: Path, *command: str) -> subprocess.CompletedProcess:
+    """An entry script in a real process, as a user starts it: no TF_CPP_MIN_LOG_LEVEL, stores and runs
+    in tmp_path."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(FACE_CACHE_DIR=str(tmp_path / "cache"), FACE_RUNS_DIR=str(tmp_path / "runs"))
+    proc = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_a_default_training_run_prints_no_tensorflow_start_up_lines(tmp_path, shared_data):
+    from tests.test_train import celeba_tree
+
+    tree = celeba_tree(tmp_path / "faces", shared_data, people=4, images=2)
+    proc = run_as_a_user(tmp_path, "train.py", "--model", "ang", "--data", str(tree), "--epochs", "1",
+                         "--steps-per-epoch", "1", "--batch-identities", "2", "--images-per-identity", "2",
+                         "--no-validation")
+    assert "finished 1 steps" in proc.stdout
+    assert not noise_lines(proc.stderr + proc.stdout)
+
+
+def test_a_default_visualize_run_prints_no_tensorflow_start_up_lines(tmp_path, lfw_root):
+    from utils.evaluation.benchmark_faces import benchmark_images
+
+    people: dict[str, list[str]] = {}
+    for image in benchmark_images():
+        people.setdefault(image.split("/")[0], []).append(image)
+    for images in list(people.values())[:3]:
+        for image in images[:3]:
+            (tmp_path / "faces" / image).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "faces" / image).symlink_to(lfw_root / image)
+    proc = run_as_a_user(tmp_path, "visualize.py", "--faces", str(tmp_path / "faces"), "--models", "ang",
+                         "--no-openface", "--out", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "progress.png").exists()
+    assert not noise_lines(proc.stderr + proc.stdout)
