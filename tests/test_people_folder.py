@@ -25,7 +25,7 @@ THRESHOLD = "1.0"  # lenient (the default, for 1% of strangers, names 8 of the 2
 
 def link_folders(target: Path, source: Path) -> None:
     target.mkdir(parents=True)
-    for person in sorted(source.iterdir()):
+    for person in sorted(d for d in source.iterdir() if d.is_dir()):  # the people, not a gallery cache file
         (target / person.name).symlink_to(person)
 
 

@@ -141,7 +141,7 @@ def openface_threshold():
 
 def test_end_to_end_five_celebrity_gallery(tmp_path, shared_data, aligner, strangers, openface_threshold):
     people = tmp_path / "people"
-    for person in sorted((shared_data / "five-celebrity" / "train").iterdir()):
+    for person in sorted(d for d in (shared_data / "five-celebrity" / "train").iterdir() if d.is_dir()):
         (people / person.name).mkdir(parents=True)
         for image in sorted(person.glob("*.jpg")):
             (people / person.name / image.name).symlink_to(image)
