@@ -63,14 +63,13 @@ def old_way_batches(root: Path, batch_size: int, upsample: list[int]) -> Iterato
 
 
 def images_per_second(model_name: str, batches: tf.data.Dataset, batch_size: int, steps: int,
-                      mixed_precision: bool = False, num_identities: int = 0) -> float:
-    """Training images/s of one model over the batches, built and stepped as train.py does
-    (triplet loss; num_identities only sizes the class weights of a margin-softmax loss)."""
+                      mixed_precision: bool = False) -> float:
+    """Training images/s of one model over the batches, built and stepped as train.py does (triplet loss)."""
     strategy = tf.distribute.get_strategy()
     config = TrainConfig(model=model_name, data=[], checkpoint_dir="", log_dir="", weights_out="",
                          mixed_precision=mixed_precision)
     model, class_cosines, optimizer = build_model_and_optimizer(
-        config, strategy, lambda: get_model(model_name, input_size=SIZE), num_identities)
+        config, strategy, lambda: get_model(model_name, input_size=SIZE), num_identities=0)  # no class weights
     step = make_train_step(model, optimizer, strategy, config, class_cosines)
     iterator = iter(batches)
     for _ in range(WARMUP_STEPS):

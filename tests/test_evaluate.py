@@ -6,7 +6,6 @@ images have no face) with its own View 1 / View 2 protocol files.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -284,18 +283,16 @@ def test_cli_missing_weights_in_a_real_process(tmp_path):
 
 def test_a_default_run_prints_no_tensorflow_start_up_lines(tiny, tmp_path):
     """A real process, as a user starts it (no TF_CPP_MIN_LOG_LEVEL), through the --pairs path."""
+    from tests.test_console import noise_lines, run_as_a_user
     from tests.test_datasets import by_file_names
-    from utils.console import TENSORFLOW_NOISE
 
     root, _, _ = tiny
     (tmp_path / "tiny-pairs.txt").write_text(by_file_names(VIEW2))
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    proc = subprocess.run([sys.executable, "evaluate.py", "--model", "ang", "--random-init", "--workers", "1",
-                           "--pairs", tmp_path / "tiny-pairs.txt", "--root", root, "--out", tmp_path / "out"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_as_a_user(tmp_path, "evaluate.py", "--model", "ang", "--random-init", "--workers", "1",
+                         "--pairs", str(tmp_path / "tiny-pairs.txt"), "--root", str(root),
+                         "--out", str(tmp_path / "out"))
     assert "tiny" in proc.stdout
-    assert not [line for line in proc.stderr.splitlines() if any(n in line for n in TENSORFLOW_NOISE)]
+    assert not noise_lines(proc.stderr + proc.stdout)
 
 
 def test_cli_random_init_is_reproducible_and_stores_nothing(tiny, tmp_path, random_ang, capsys):

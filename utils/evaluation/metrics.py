@@ -256,8 +256,8 @@ def impostor_quantiles(embeddings: np.ndarray, people: Sequence[str], metric: st
     draws more or fewer than these few people did. ``distance[i]`` is therefore a one-sided
     ``confidence`` bound: the (1 - confidence) quantile of ``distance_estimate[i]`` over
     ``resamples`` bootstrap draws of the gallery people (seeded, so repeatable); a threshold read
-    from it names at most ``far[i]`` of strangers with that confidence (never above the estimate). ``confidence=None``
-    stores the estimate itself as ``distance``.
+    from it names at most ``far[i]`` of strangers with that confidence (never above the estimate).
+    ``confidence=None`` stores the estimate itself as ``distance``.
     """
     people = np.asarray(people)
     embeddings = np.asarray(embeddings, np.float64)
@@ -273,14 +273,14 @@ def impostor_quantiles(embeddings: np.ndarray, people: Sequence[str], metric: st
     if not centres:
         raise ValueError(f"nobody has {pictures_per_person} pictures to make a gallery person of")
     distances = pairwise_distances(embeddings, np.array(centres), metric=metric)
-    impostors = distances[people[:, None] != np.array(names)[None, :]]
+    stranger = people[:, None] != np.array(names)[None, :]
+    impostors = distances[stranger]
     if impostors.size == 0:
         raise ValueError("no pairs of different people to take impostor distances from")
     fars = np.asarray(fars, np.float64)
     estimate = np.quantile(impostors, fars)
     bound = estimate
     if confidence is not None:
-        stranger = people[:, None] != np.array(names)[None, :]
         rng = np.random.default_rng(0)
         draws = []
         for _ in range(resamples):
