@@ -38,7 +38,8 @@ WINDOW_TITLE = "recognize.py (q or Esc to quit)"
 
 EPILOG = f"""
 The gallery: people/<Name>.jpg (one picture) or people/<Name>/*.jpg (several); see people/README.md.
-Embeddings are cached in people/.embeddings-<model>.npz; adding a picture embeds only that picture.
+Embeddings are cached in cache/galleries/ (not in the gallery folder); adding a picture embeds only
+that picture.
 
 Distances are squared L2 between L2-normalised embeddings (0 to 4). A face's distance to a person
 is its distance to the mean of that person's picture embeddings (rescaled to unit length; see

@@ -179,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: one device; mirrored: all local GPUs; multiworker: several machines "
                         "from TF_CONFIG (see above)")
     p.add_argument("--mixed-precision", action="store_true",
-                   help="16-bit compute: float16 with loss scaling on GPUs, bfloat16 on CPUs (about 1.25-1.5x "
-                        "faster on this machine's AVX512-BF16 cores); the L2 normalisation stays float32")
+                   help="16-bit compute: float16 with loss scaling on GPUs, bfloat16 on CPUs; the L2 "
+                        "normalisation stays float32. Whether a CPU gains depends on the CPU: 1.25x on an AMD "
+                        "EPYC, 0.63x (slower) on an Intel Xeon, both with AVX512-BF16; time yours with "
+                        "benchmarks/train_speed.py --mixed-precision")
     # The keys of utils.training.batching.AUGMENTATIONS, spelled out so --help needs no TensorFlow
     # (a test keeps them equal).
     p.add_argument("--augmentation", choices=["none", "mild", "strong", "pose"], default="mild",

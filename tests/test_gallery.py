@@ -90,6 +90,8 @@ def test_cache_embeds_only_what_is_new_or_changed(tmp_path, lfw_root):
     first = build(people, embedder)
     assert first.embedded_now == 5 and embedder.embedded == 5
     assert cache_path(people, MODEL).is_file()
+    assert sorted(p.name for p in people.iterdir()) == ["Colin_Powell", "Tony_Blair"], \
+        "the cache must stay out of the user's picture folder"
 
     again = build(people, embedder)
     assert again.embedded_now == 0 and embedder.embedded == 5, "an unchanged gallery must come from the cache"
