@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from utils.console import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()  # TensorFlow's start-up lines stay off the figures
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

@@ -14,13 +14,14 @@ default_threshold for 5 people at each --false-naming, default 1%).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from utils.console import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()  # TensorFlow's start-up lines stay off the figures
 
 import numpy as np  # noqa: E402
 

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from utils.console import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()  # TensorFlow's start-up lines stay off the figures
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -1,5 +1,5 @@
-"""Entry scripts start fast and quiet: --help without TensorFlow, no TensorFlow start-up lines,
-progress bars as plain lines in log files."""
+"""Entry scripts start fast and quiet: --help without TensorFlow, no TensorFlow start-up lines (in
+the benchmarks either), progress bars as plain lines in log files."""
 from __future__ import annotations
 
 import io
@@ -107,4 +107,11 @@ def test_a_default_visualize_run_prints_no_tensorflow_start_up_lines(tmp_path, l
     proc = run_as_a_user(tmp_path, "visualize.py", "--faces", str(tmp_path / "faces"), "--models", "ang",
                          "--no-openface", "--out", str(tmp_path / "out"))
     assert (tmp_path / "out" / "progress.png").exists()
+    assert not noise_lines(proc.stderr + proc.stdout)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("*.py")))
+def test_benchmark_help_prints_no_tensorflow_start_up_lines(tmp_path, script):
+    proc = run_as_a_user(tmp_path, f"benchmarks/{script}", "--help")
+    assert "usage:" in proc.stdout
     assert not noise_lines(proc.stderr + proc.stdout)
