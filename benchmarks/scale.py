@@ -8,7 +8,7 @@
    (rotation, zoom, shift, brightness), JPEG-encoded. Kept in the work folder for re-runs.
 2. ingest: ``python -m utils.faces.cache TSV --out STORE``, the real streamed ingest, from scratch.
 3. train: the store loaded as train.py loads a TSV, P x K batches (32 x 4) through the tf.data
-   pipeline, ``--steps`` training steps of the model (bfloat16 on a CPU, as --mixed-precision).
+   pipeline, ``--steps`` training steps of the model (float32, train.py's default).
 
 Each phase runs as its own process; its peak resident memory is the peak, sampled every 0.1 s,
 of the summed RSS of the process and its children (the ingest's worker processes), and the
@@ -97,8 +97,7 @@ def train_from_store(tsv: Path, store: Path, model: str, steps: int) -> dict:
     faces = pool_datasets({"synthetic": load_or_build_tsv(tsv, out=store, progress=False)})
     sampler = PKSampler(faces.labels, 32, 4, seed=0)
     tf.keras.utils.set_random_seed(0)
-    rate = images_per_second(model, training_dataset(faces, sampler), sampler.batch_size, steps,
-                             mixed_precision=True)
+    rate = images_per_second(model, training_dataset(faces, sampler), sampler.batch_size, steps)
     return {"images_per_second": rate, "faces": len(faces), "identities": faces.num_identities}
 
 
