@@ -5,6 +5,7 @@ users with their own copies of the datasets share one set of defaults.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -40,6 +41,13 @@ def cache_dir() -> Path:
     """Aligned-face caches and other derived data: $FACE_CACHE_DIR, else <repo>/cache."""
     env = os.environ.get("FACE_CACHE_DIR")
     return Path(env).expanduser() if env else REPO_ROOT / "cache"
+
+
+def folder_cache_name(folder: str | Path) -> str:
+    """<folder name>-<hash of its resolved path>: names what a cache derives from one folder, so two
+    folders of the same name (people/ in two checkouts) never share a cache file."""
+    folder = Path(folder)
+    return f"{folder.name}-{hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]}"
 
 
 def model_cache_dir() -> Path:

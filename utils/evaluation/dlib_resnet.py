@@ -8,7 +8,6 @@ the square that the centre-crop fallback keeps. Descriptors are cached per datas
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,7 +21,7 @@ from utils.faces.align import centre_square
 from utils.faces.cache import AlignedFaces, worker_pool
 from utils.faces.dlib_models import LANDMARKS_68, RESNET_DESCRIPTOR, dlib_model_path
 from utils.faces.image_io import read_image
-from utils.paths import cache_dir
+from utils.paths import cache_dir, folder_cache_name
 
 NAME = "dlib_resnet"
 SAVE_EVERY = 1000  # descriptors computed between cache writes
@@ -79,8 +78,7 @@ def _describe_many(jobs: list[tuple], workers: int, progress: bool) -> Iterator[
 
 def descriptor_cache_path(root: Path) -> Path:
     """cache/dlib_resnet/<dataset name>-<hash of its path>.npz"""
-    digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]
-    return cache_dir() / NAME / f"{Path(root).name}-{digest}.npz"
+    return cache_dir() / NAME / f"{folder_cache_name(root)}.npz"
 
 
 def _load_cache(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

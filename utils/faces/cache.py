@@ -40,7 +40,7 @@ from utils.faces import store, tsv_ingest
 from utils.faces.align import FaceAligner, centre_crop
 from utils.faces.image_io import ALIGN_MAX_SIDE, ImageReadError, read_image_scaled
 from utils.faces.store import RowView
-from utils.paths import cache_dir
+from utils.paths import cache_dir, folder_cache_name
 
 DEFAULT_UPSAMPLE = (0, 1)  # upsample 0 finds LFW-sized faces 4x faster; 1 catches the rest
 OLD_FORMAT_VERSION = 1  # the single-array cache (faces.npy, arrays.npz, index.json) before the store
@@ -100,11 +100,9 @@ def alignment_settings(output_size: int = 96, landmarks: str = "outer_eyes_and_n
 def default_cache_path(root: Path, output_size: int, landmarks: str,
                        upsample: int | Sequence[int] | None = DEFAULT_UPSAMPLE, detector: str = "hog") -> Path:
     """cache/aligned/<dataset name>-<hash of its path>-<landmarks>-<size>-<hash of all settings>."""
-    root = Path(root)
-    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
     settings = json.dumps(alignment_settings(output_size, landmarks, upsample, detector), sort_keys=True)
     settings_digest = hashlib.sha1(settings.encode()).hexdigest()[:6]
-    return cache_dir() / "aligned" / f"{root.name}-{digest}-{landmarks}-{output_size}-{settings_digest}"
+    return cache_dir() / "aligned" / f"{folder_cache_name(root)}-{landmarks}-{output_size}-{settings_digest}"
 
 
 # --- worker processes ----------------------------------------------------------------------

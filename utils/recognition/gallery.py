@@ -1,8 +1,8 @@
 """The gallery of known people: ``people/<Name>.jpg`` and ``people/<Name>/*.jpg``.
 
 Every image is aligned (largest face) and embedded once. Embeddings are cached in
-``cache/galleries/`` (never inside the user's picture folder), keyed by each file's content hash and by the model
-(name and weights-file hash) and alignment settings, so adding or changing a picture embeds
+``cache/galleries/`` (never inside the user's picture folder), keyed by each file's content hash
+and by the model (name and weights-file hash) and alignment settings, so adding or changing a picture embeds
 only that picture, and another model or retrained weights start afresh. Images that cannot
 be read or that show no face are reported by name and left out, never fatal.
 
@@ -24,7 +24,7 @@ from utils.atomic import atomic_path
 from utils.download import file_digests
 from utils.faces.align import FaceAligner
 from utils.faces.image_io import ImageReadError, check_image_file, decode_image, is_image_name
-from utils.paths import cache_dir
+from utils.paths import cache_dir, folder_cache_name
 
 GALLERY_UPSAMPLE = (0, 1)  # gallery photos are few: also look for small faces
 MAX_SIDE = 1280  # larger photos are shrunk while decoding (the face stays far above 96 px)
@@ -84,9 +84,7 @@ def model_fingerprint(model_name: str, weights: str | Path) -> str:
 def cache_path(people_dir: str | Path, model_name: str) -> Path:
     """cache/galleries/<folder name>-<hash of its path>-<model>.npz: one gallery's embeddings for
     one model, kept out of the gallery folder (which may be read-only or shared)."""
-    root = Path(people_dir)
-    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
-    return cache_dir() / "galleries" / f"{root.name}-{digest}-{model_name}.npz"
+    return cache_dir() / "galleries" / f"{folder_cache_name(people_dir)}-{model_name}.npz"
 
 
 # --- cache ---------------------------------------------------------------------------------------
