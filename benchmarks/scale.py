@@ -88,6 +88,9 @@ def make_tsv(path: Path, faces: int, seed: int, workers: int) -> None:
 
 def train_from_store(tsv: Path, store: Path, model: str, steps: int) -> dict:
     """Load the store as train.py loads a TSV, and train ``steps`` steps; images/s of the timed steps."""
+    from utils.console import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # TensorFlow's start-up lines stay off the figures
     import tensorflow as tf
 
     from benchmarks.train_speed import images_per_second
