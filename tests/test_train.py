@@ -119,7 +119,7 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     assert training["weights_wall_hours"] == pytest.approx(best_epoch["wall_hours"], abs=1e-4)
     assert training["weights_file"] == "tiny.weights.h5"  # no folders of this machine (utils.paths.portable_path)
     assert training["mining"] == "semi-hard" and training["margin"] == 0.2 and training["lr"] == 3e-3
-    assert training["augmentation"] == "mild"
+    assert training["augmentation"] == "strong"
     assert training["best_validation"]["val_auc"] == best_epoch["val_auc"]
     assert training["weights_selected_by"] == "val_mean_auc" and best_epoch["val_mean_auc"] == best_epoch["val_auc"]
     assert training["lr_schedule"] == "cosine" and first["lr"] > second["lr"] == pytest.approx(3e-5)
@@ -153,8 +153,9 @@ def test_two_epochs_lower_the_loss_and_write_weights_logs_and_metadata(tmp_path)
     saved["config"]["augmentation"] = True
     state_file.write_text(json.dumps(saved))
     with pytest.raises(ResumeError, match="augmentation: 'mild' -> 'strong'"):
-        fit(config_for(tmp_path, resume=True, augmentation="strong"), faces, tiny_model, log=lambda m: None)
-    assert fit(config_for(tmp_path, resume=True), faces, tiny_model, log=lambda m: None).status == "completed"
+        fit(config_for(tmp_path, resume=True), faces, tiny_model, log=lambda m: None)
+    assert fit(config_for(tmp_path, resume=True, augmentation="mild"), faces, tiny_model,
+               log=lambda m: None).status == "completed"
 
 
 # --- subprocess runs ---------------------------------------------------------------------------

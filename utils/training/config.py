@@ -39,7 +39,7 @@ class TrainConfig:
     time_budget_hours: float | None = None
     strategy: str = "default"
     mixed_precision: bool = False
-    augmentation: str = "mild"   # "none" or a key of utils.training.batching.AUGMENTATIONS
+    augmentation: str = "strong"  # "none" or a key of utils.training.batching.AUGMENTATIONS
     lfw_share: float | None = None  # the share of each batch's identities drawn from LFW; None: no rule
     weight_decay: float = 0.0       # decoupled (AdamW) weight decay; 0: plain Adam
     min_images: int = 2
