@@ -7,6 +7,7 @@ import numpy as np
 
 from utils.datasets.folders import list_identity_images
 from utils.datasets.holdout import (
+    SEEN_PEOPLE,
     TEST_PEOPLE,
     VAL_PEOPLE,
     celeba_holdout,
@@ -20,18 +21,21 @@ from utils.datasets.lfw import read_people_file
 def test_the_committed_lists_are_the_rule_applied_to_the_data(shared_data):
     root = shared_data / "celeba-subset"
     assert len(eligible_identities(root)) == 250
-    val, test = celeba_holdout(root)
+    val, test, seen = celeba_holdout(root)
     assert VAL_PEOPLE.read_text().split() == val and TEST_PEOPLE.read_text().split() == test
-    assert len(val) == len(test) == 25 and not set(val) & set(test)
+    assert SEEN_PEOPLE.read_text().split() == seen
+    assert len(val) == len(test) == 25 and len(seen) == 200 and not set(val) & set(test)
+    assert not set(seen) & (set(val) | set(test))
     images = [image.identity for image in list_identity_images(root)]
     assert sum(images.count(i) for i in val) == 570 and sum(images.count(i) for i in test) == 584
 
 
 def test_split_takes_the_smallest_keys_alternately():
     identities = [str(n) for n in range(100)]
-    val, test = split_holdout(identities)
+    val, test, seen = split_holdout(identities)
     ranked = sorted(identities, key=holdout_key)
     assert val == sorted(ranked[0:20:2]) and test == sorted(ranked[1:20:2])  # round(0.2 * 100) people
+    assert seen == sorted(ranked[20:])  # all the others
     assert holdout_key("7201") == hashlib.sha256(b"celeba-holdout:7201").hexdigest()
 
 
@@ -62,5 +66,6 @@ def test_held_out_people_never_reach_the_training_pool(monkeypatch):
     trained = {name.split("/", 1)[1] for name in pool.names if name.startswith("celeba-subset/")}
     held_out = set(VAL_PEOPLE.read_text().split()) | set(TEST_PEOPLE.read_text().split())
     assert len(held_out) == 50 and not trained & held_out
+    assert set(SEEN_PEOPLE.read_text().split()) <= trained  # the seen control is trained on
     assert len(trained) == 296 - 50  # every other CelebA person with 2+ images trains
     assert any(name.startswith("lfw/") for name in pool.names)

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from utils.datasets.holdout import TEST_PEOPLE, VAL_PEOPLE
+from utils.datasets.holdout import SEEN_PEOPLE, TEST_PEOPLE, VAL_PEOPLE
 from utils.datasets.lfw import parse_pairs, read_people_file
 from utils.datasets.make_pairs import identity_images, main, make_pairs
 from utils.paths import PROTOCOLS_DIR
@@ -39,9 +39,9 @@ def test_celeba_pairs_are_deterministic_balanced_and_disjoint(tmp_path, shared_d
     assert "wrote" in capsys.readouterr().out
 
 
-def test_committed_holdout_pairs_are_the_readme_commands_output(tmp_path, shared_data):
+def test_committed_celeba_pairs_are_the_readme_commands_output(tmp_path, shared_data):
     root = shared_data / "celeba-subset"
-    for half, people in (("val", VAL_PEOPLE), ("test", TEST_PEOPLE)):
+    for half, people in (("val", VAL_PEOPLE), ("test", TEST_PEOPLE), ("seen", SEEN_PEOPLE)):
         out = tmp_path / f"celeba-{half}-pairs.txt"
         assert main([str(root), "--people", str(people), "--out", str(out), "--seed", "0"]) == 0
         committed = PROTOCOLS_DIR / out.name
