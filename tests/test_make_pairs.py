@@ -5,10 +5,9 @@ from collections import Counter
 
 import pytest
 
-from utils.datasets.holdout import SEEN_PEOPLE, TEST_PEOPLE, VAL_PEOPLE
+from utils.datasets.holdout import SEEN_PAIRS, SEEN_PEOPLE, TEST_PAIRS, TEST_PEOPLE, VAL_PAIRS, VAL_PEOPLE
 from utils.datasets.lfw import parse_pairs, read_people_file
 from utils.datasets.make_pairs import identity_images, main, make_pairs
-from utils.paths import PROTOCOLS_DIR
 
 
 def check_pairs_file(path, root, folds: int, per_fold: int) -> list:
@@ -41,10 +40,9 @@ def test_celeba_pairs_are_deterministic_balanced_and_disjoint(tmp_path, shared_d
 
 def test_committed_celeba_pairs_are_the_readme_commands_output(tmp_path, shared_data):
     root = shared_data / "celeba-subset"
-    for half, people in (("val", VAL_PEOPLE), ("test", TEST_PEOPLE), ("seen", SEEN_PEOPLE)):
-        out = tmp_path / f"celeba-{half}-pairs.txt"
+    for people, committed in ((VAL_PEOPLE, VAL_PAIRS), (TEST_PEOPLE, TEST_PAIRS), (SEEN_PEOPLE, SEEN_PAIRS)):
+        out = tmp_path / committed.name
         assert main([str(root), "--people", str(people), "--out", str(out), "--seed", "0"]) == 0
-        committed = PROTOCOLS_DIR / out.name
         assert committed.read_text() == out.read_text()
         pairs = check_pairs_file(committed, root, 10, 300)
         assert {p.path_a.split("/")[0] for p in pairs} == read_people_file(people)

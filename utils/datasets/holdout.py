@@ -12,8 +12,9 @@ The rule (fixed: training runs exclude exactly this set, so it must never change
   (models trained before the hold-out saw both).
 
 On celeba-subset: 250 eligible identities, 25 validation people (570 images) and 25 test people
-(584 images), 200 seen-control people. The lists are committed in protocols/ and excluded from training by default;
-``python -m utils.datasets.holdout DIR --out-dir protocols`` rewrites them from the data.
+(584 images), 200 seen-control people. The lists are committed in protocols/, the two halves
+excluded from training by default; ``python -m utils.datasets.holdout DIR --out-dir protocols``
+rewrites them from the data.
 """
 from __future__ import annotations
 
