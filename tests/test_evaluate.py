@@ -373,6 +373,7 @@ def test_celeba_test_pairs_resolve_and_score_in_the_evaluator(shared_data):
     """The committed CelebA test pairs, read by evaluate's parser, name real images; a perfect embedder
     scores 100% (the faces are stand-ins: no alignment needed to check the pairing)."""
     from utils.datasets.folders import list_identity_images
+    from utils.datasets.holdout import TEST_PAIRS
     from utils.evaluation.verification import evaluate_pairs_file
     from utils.faces.cache import AlignedFaces
 
@@ -381,8 +382,7 @@ def test_celeba_test_pairs_resolve_and_score_in_the_evaluator(shared_data):
     n = len(paths)
     fake = AlignedFaces(root, np.zeros((n, 1, 1, 3), np.uint8), paths, np.ones(n, bool),
                         np.zeros((n, 4), np.float32), np.zeros((n, 68, 2), np.float32))
-    result = evaluate_pairs_file(one_hot_identity, REPO_ROOT / "protocols" / "celeba-test-pairs.txt", root,
-                                 aligned=fake)
+    result = evaluate_pairs_file(one_hot_identity, TEST_PAIRS, root, aligned=fake)
     assert result.protocol == "celeba-test" and result.n_pairs == 6000 and result.n_images == 584
     assert result.verification.accuracy == 1.0 and len(result.verification.fold_accuracies) == 10
 
