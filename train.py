@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augmentation", choices=["none", "mild", "strong", "pose"], default="strong",
                    help="strong (default, the published weights' recipe): rotations, shifts, zooms, "
                         "brightness and contrast, plus colour and greyscale, blur and an erased patch; mild: "
-                        "smaller geometry and light only; pose: mild with larger rotations (20 degrees), zooms "
-                        "(20%%) and shifts (10%%), the better choice for budgets under an hour; none: the "
+                        "smaller geometry and light only, the better choice for budgets under an hour; pose: "
+                        "mild with larger rotations (20 degrees), zooms (20%%) and shifts (10%%); none: the "
                         "aligned faces as they are")
     p.add_argument("--lfw-share", type=fraction, metavar="F",
                    help="draw round(F x P) of each batch's identities from LFW's and the rest from the other "
