@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         + " and ".join(shown(f) for f in default_exclusions()))
     p.add_argument("--min-images", type=int_at_least(1), default=2,
                    help="leave out identities with fewer detected faces (default 2)")
+    p.add_argument("--one-photo-negatives", type=int_at_least(0), default=0, metavar="N",
+                   help="triplet: add one face each of N people with fewer than --min-images faces (LFW's "
+                        "one-photo people) to every P x K batch, as negatives only (default 0: leave them out)")
     p.add_argument("--epochs", type=int_at_least(1), default=50, help="epochs to train (default 50)")
     p.add_argument("--steps-per-epoch", type=int_at_least(1), default=100,
                    help="steps between validations (default 100)")
@@ -238,7 +241,7 @@ def train(args: argparse.Namespace) -> int:
         image_size=args.image_size, seed=args.seed,
         time_budget_hours=args.time_budget, strategy=args.strategy, mixed_precision=args.mixed_precision,
         augmentation=args.augmentation, lfw_share=args.lfw_share, weight_decay=args.weight_decay,
-        min_images=args.min_images,
+        min_images=args.min_images, one_photo_negatives=args.one_photo_negatives,
         exclude_people=default_exclusions() + [str(Path(f).resolve()) for f in args.exclude_people],
         collapse_patience=args.collapse_patience, resume=args.resume is not None)
     print(f"run folder: {folders.run_dir}")
@@ -288,8 +291,9 @@ def check_loss_options(parser: argparse.ArgumentParser, args: argparse.Namespace
     the other way round."""
     given = {"--margin": args.margin is not None, "--mining": args.mining is not None,
              "--soft-margin": args.soft_margin, "--scale": args.scale is not None,
-             "--class-margin": args.class_margin is not None}
-    applies = ("--scale", "--class-margin") if args.loss != "triplet" else ("--margin", "--mining", "--soft-margin")
+             "--class-margin": args.class_margin is not None, "--one-photo-negatives": args.one_photo_negatives > 0}
+    applies = (("--scale", "--class-margin") if args.loss != "triplet" else
+               ("--margin", "--mining", "--soft-margin", "--one-photo-negatives"))
     misplaced = [name for name, present in given.items() if present and name not in applies]
     if misplaced:
         parser.error(f"{', '.join(misplaced)}: not an option of --loss {args.loss}")

@@ -253,6 +253,54 @@ def test_a_group_gets_its_share_of_every_batch_in_passes_of_its_own():
         PKSampler(pool.labels, 4, 2, group=group, group_share=1.5)
 
 
+def test_one_photo_negatives_follow_the_pk_faces_one_face_each_in_passes_of_their_own():
+    pool = pool_datasets({"d": dataset({**{f"p{i}": 3 for i in range(8)}, **{f"one{i}": 1 for i in range(7)},
+                                        "two": 2})}, min_images=1)
+    negatives = pool.identities_with_fewer_than(3)  # the one-photo people and "two"
+    assert sorted(pool.names[n] for n in negatives) == sorted([f"d/one{i}" for i in range(7)] + ["d/two"])
+    sampler = PKSampler(pool.labels, 4, 2, seed=3, negatives=negatives, negatives_per_batch=3)
+    assert sampler.batch_size == 11
+    batches = [pool.labels[sampler.batch(step)] for step in range(8)]
+    for labels in batches:
+        people, extra = labels[:8], labels[8:]
+        assert not np.isin(people, negatives).any() and len(set(people[::2])) == 4
+        assert np.isin(extra, negatives).all() and len(set(extra)) == 3  # one face of each
+    for first in (0, 2, 4):  # passes of 8 // 3 = 2 batches visit 6 of the 8, all different
+        assert len({n for labels in batches[first:first + 2] for n in labels[8:]}) == 6
+    again = PKSampler(pool.labels, 4, 2, seed=3, negatives=negatives, negatives_per_batch=3)
+    assert [again.batch(s).tolist() for s in reversed(range(8))][::-1] == [sampler.batch(s).tolist()
+                                                                           for s in range(8)]
+    two = pool.names.index("d/two")
+    assert len({row for s in range(40) for row in sampler.batch(s)[8:] if pool.labels[row] == two}) == 2
+    group = np.concatenate([sampler.identities[:4], negatives[:4]])
+    with_group = PKSampler(pool.labels, 4, 2, seed=3, group=group, group_share=0.5,
+                           negatives=negatives, negatives_per_batch=3)  # the group's negatives stay negatives
+    assert all(not np.isin(pool.labels[with_group.batch(s)][:8], negatives).any() for s in range(8))
+    with pytest.raises(ValueError, match="9 negatives per batch, but 8 identities"):
+        PKSampler(pool.labels, 4, 2, negatives=negatives, negatives_per_batch=9)
+    with pytest.raises(ValueError, match="only 8 identities"):
+        PKSampler(pool.labels, 9, 2, negatives=negatives, negatives_per_batch=3)
+
+
+def test_replicas_get_whole_identities_and_their_share_of_the_negatives():
+    pool = pool_datasets({"d": dataset({**{f"p{i}": 3 for i in range(8)}, **{f"one{i}": 1 for i in range(6)}})},
+                         min_images=1)
+    negatives = pool.identities_with_fewer_than(2)
+    sampler = PKSampler(pool.labels, 4, 2, seed=5, negatives=negatives, negatives_per_batch=2)
+    batch = sampler.batch(0)
+    shares = [replica_slice(batch, 2, r, 2, negatives=2) for r in range(2)]
+    for r, share in enumerate(shares):
+        np.testing.assert_array_equal(share, np.concatenate([batch[4 * r:4 * r + 4], batch[8 + r:9 + r]]))
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
+    labels = [y.numpy() for _, y in training_dataset(pool, sampler, input_context=context).take(2)]
+    np.testing.assert_array_equal(np.concatenate(labels), pool.labels[np.concatenate(shares)])
+    odd = PKSampler(pool.labels, 4, 2, seed=5, negatives=negatives, negatives_per_batch=3)
+    with pytest.raises(ValueError, match="4 identities and 3 negatives per batch do not split evenly over 2"):
+        replica_slice(odd.batch(0), 2, 0, 2, negatives=3)
+    with pytest.raises(ValueError, match="do not split evenly"):
+        training_dataset(pool, odd, input_context=context)
+
+
 def test_pose_augmentation_moves_and_turns_faces_further_than_mild():
     # A white square above the centre, on the vertical axis (a flip leaves it in place).
     image = np.zeros((48, 48, 3), np.float32)

@@ -228,7 +228,9 @@ def test_every_loss_train_offers_has_a_figure_and_its_own_options(capsys):
     for bad, message in ((["--loss", "cosface", "--mining", "all"], "--mining: not an option of --loss cosface"),
                          (["--loss", "arcface", "--soft-margin", "--margin", "0.1"],
                           "--margin, --soft-margin: not an option of --loss arcface"),
-                         (["--scale", "30"], "--scale: not an option of --loss triplet")):
+                         (["--scale", "30"], "--scale: not an option of --loss triplet"),
+                         (["--loss", "cosface", "--one-photo-negatives", "8"],
+                          "--one-photo-negatives: not an option of --loss cosface")):
         with pytest.raises(SystemExit) as exit_:
             train.main(["--model", "ang", *bad])
         assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The cheap training levers, each off by default: --lfw-share, --weight-decay, the pose augmentation
-preset and --image-size with a margin-softmax loss."""
+preset, --image-size with a margin-softmax loss and --one-photo-negatives."""
 from __future__ import annotations
 
 import json
@@ -11,22 +11,29 @@ import pytest
 import tensorflow as tf
 
 from tests.test_train import celeba_tree, config_for, run_cli, synthetic_faces, tiny_model
-from utils.training.batching import PKSampler, pool_datasets
+from utils.training.batching import PKSampler, TrainingFaces, pool_datasets
 from utils.training.checkpoints import ResumeError
+from utils.training.config import TrainConfig
 from utils.training.loop import TrainingError, build_model_and_optimizer, fit
 
 
-def test_lfw_share_draws_that_share_of_every_batch_from_the_lfw_identities(tmp_path, monkeypatch):
+@pytest.fixture
+def samplers(monkeypatch) -> list[PKSampler]:
+    """The samplers fit builds, in order."""
     import utils.training.loop
 
-    samplers = []
+    built = []
 
     class RecordedSampler(PKSampler):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            samplers.append(self)
+            built.append(self)
 
     monkeypatch.setattr(utils.training.loop, "PKSampler", RecordedSampler)
+    return built
+
+
+def test_lfw_share_draws_that_share_of_every_batch_from_the_lfw_identities(tmp_path, samplers):
     faces, lfw = synthetic_faces(30, 6, seed=0), np.arange(10)
     config = config_for(tmp_path, lfw_share=0.5, epochs=1, steps_per_epoch=3)
     with pytest.raises(TrainingError, match="LFW identities"):
@@ -39,6 +46,53 @@ def test_lfw_share_draws_that_share_of_every_batch_from_the_lfw_identities(tmp_p
         assert np.isin(faces.labels[samplers[-1].batch(step)][::3], lfw).sum() == 3
     with pytest.raises(ResumeError, match="lfw_share: 0.5 -> 0.25"):
         fit(config_for(tmp_path, lfw_share=0.25, resume=True), faces, tiny_model, log=lambda m: None, lfw_labels=lfw)
+
+
+def with_one_photo_people(identities: int, one_photo: int) -> TrainingFaces:
+    """synthetic_faces with 6 images of each of ``identities`` people, then one of each of ``one_photo``."""
+    faces = synthetic_faces(identities + one_photo, 6, seed=0)
+    keep = (faces.labels < identities) | (np.arange(len(faces)) % 6 == 0)
+    paths = [path for path, kept in zip(faces.paths, keep, strict=True) if kept]
+    return TrainingFaces(faces.faces[keep], faces.labels[keep], faces.names, paths)
+
+
+def test_one_photo_negatives_join_every_batch_as_negatives_and_must_match_on_resume(tmp_path, samplers):
+    faces = with_one_photo_people(30, 10)
+    config = config_for(tmp_path, one_photo_negatives=4, epochs=1, steps_per_epoch=3)
+    written, messages = [], []
+    result = fit(config, faces, tiny_model, metadata=written.append, log=messages.append)
+    assert result.status == "completed"
+    assert "plus one face each of 4 of the 10 people with fewer than 2 faces as negatives" in messages[0]
+    training = written[-1]["training"]
+    counts = training["one_photo_negatives"], training["identities"], training["negative_only_identities"]
+    assert counts == (4, 30, 10)
+    assert training["images_seen"] == 3 * (6 * 3 + 4)
+    for step in range(3):
+        labels = faces.labels[samplers[-1].batch(step)]
+        assert (labels[:18] < 30).all() and (labels[18:] >= 30).all() and len(set(labels[18:])) == 4
+    with pytest.raises(ResumeError, match="one_photo_negatives: 4 -> 2"):
+        fit(config_for(tmp_path, one_photo_negatives=2, resume=True), faces, tiny_model, log=lambda m: None)
+    with pytest.raises(ValueError, match="one-photo negatives need the triplet loss, not cosface"):
+        TrainConfig(model="ang", data=[], checkpoint_dir="c", log_dir="l", weights_out="w.weights.h5",
+                    loss="cosface", one_photo_negatives=4)
+
+
+def test_run_pools_the_one_photo_people_only_when_they_serve_as_negatives(tmp_path, monkeypatch):
+    import utils.training.loop
+
+    pooled_with = []
+
+    def load(sources, image_size, exclude, min_images, log):
+        pooled_with.append(min_images)
+        return with_one_photo_people(12, 4 if min_images == 1 else 0), {}
+
+    monkeypatch.setattr(utils.training.loop, "load_training_data", load)
+    for negatives, run_name in ((2, "with"), (0, "without")):
+        code = utils.training.loop.run(config_for(tmp_path / run_name, one_photo_negatives=negatives, epochs=1,
+                                                  steps_per_epoch=1), validation=False, build_model=tiny_model,
+                                       log=lambda m: None)
+        assert code == 0
+    assert pooled_with == [1, 2]
 
 
 def test_lfw_labels_are_the_identities_of_the_source_rooted_at_lfw(monkeypatch, tmp_path):

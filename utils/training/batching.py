@@ -15,7 +15,9 @@ part visited in passes of its own as above, and the P identities are shuffled to
 replicas get mixed shares). Of each identity K different images are drawn; an identity with
 fewer than K images contributes all of them, in random order, and the rest are drawn again with
 replacement (augmentation makes the repeats differ). Identities with fewer than
-``min_images`` (default 2) images are left out: they can form no positive pair.
+``min_images`` (default 2) images are left out: they can form no positive pair. They can serve
+as negatives instead (train.py --one-photo-negatives N): one face each of N of them, visited in
+passes of their own, follows the P x K faces of every batch.
 
 Only faces where dlib found a face (``detected``) are used. Several datasets combine; each
 identity is named ``<dataset>/<folder>``, so equal folder names in two datasets stay apart.
@@ -98,6 +100,10 @@ class TrainingFaces:
     def __len__(self) -> int:
         return len(self.faces)
 
+    def identities_with_fewer_than(self, images: int) -> np.ndarray:
+        """The labels of the identities with fewer than ``images`` faces."""
+        return np.flatnonzero(np.bincount(self.labels, minlength=len(self.names)) < images)
+
     def fingerprint(self) -> str:
         """SHA-256 of every row's identity and image path, in row order: the batches of a
         (seed, step) are the same exactly when the fingerprints are."""
@@ -143,10 +149,13 @@ def pool_datasets(datasets: Mapping[str, AlignedFaces], exclude: Iterable[str] =
 class PKSampler:
     """Row indices of the P x K batch of any step, a pure function of (seed, step); with ``group``
     (identity labels) and ``group_share``, round(group_share * P) of every batch's identities come
-    from the group and the rest from the other identities."""
+    from the group and the rest from the other identities; with ``negatives`` (identity labels) and
+    ``negatives_per_batch`` N, those identities are left out of the P x K part and one face each of N
+    of them follows it, as negatives only (a label once in a batch has no positive to pair with)."""
 
     def __init__(self, labels: np.ndarray, identities_per_batch: int, images_per_identity: int,
-                 seed: int = 0, group: np.ndarray | None = None, group_share: float | None = None):
+                 seed: int = 0, group: np.ndarray | None = None, group_share: float | None = None,
+                 negatives: np.ndarray | None = None, negatives_per_batch: int = 0):
         labels = np.asarray(labels)
         by_label = np.argsort(labels, kind="stable")  # each label's rows in ascending order, in one sort
         self.rows = np.split(by_label, np.cumsum(np.bincount(labels))[:-1])
@@ -155,14 +164,20 @@ class PKSampler:
         if identities_per_batch < 2 or images_per_identity < 2:
             raise ValueError(f"need at least 2 identities x 2 images per batch, got "
                              f"{identities_per_batch} x {images_per_identity}")
-        if identities_per_batch > len(self.rows):
-            raise ValueError(f"{identities_per_batch} identities per batch but only {len(self.rows)} "
+        is_negative = np.zeros(len(self.rows), bool)
+        is_negative[np.asarray(negatives if negatives is not None else [], np.int64)] = True
+        self.identities, self.negatives = np.flatnonzero(~is_negative), np.flatnonzero(is_negative)
+        if identities_per_batch > len(self.identities):
+            raise ValueError(f"{identities_per_batch} identities per batch but only {len(self.identities)} "
                              "identities to train on")
-        self.p, self.k, self.seed = identities_per_batch, images_per_identity, seed
-        self.batches_per_pass = len(self.rows) // self.p  # without a group
+        if not 0 <= negatives_per_batch <= len(self.negatives):
+            raise ValueError(f"{negatives_per_batch} negatives per batch, but {len(self.negatives)} identities "
+                             "to draw them from")
+        self.p, self.k, self.n, self.seed = identities_per_batch, images_per_identity, negatives_per_batch, seed
+        self.batches_per_pass = len(self.identities) // self.p  # without a group
         self._pass_order: tuple[int, np.ndarray] | None = None
         self.parts = None if group_share is None else self._parts(group, group_share)
-        self._part_orders: dict[int, tuple[int, np.ndarray]] = {}
+        self._orders: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}
 
     def _parts(self, group: np.ndarray | None, share: float) -> list[tuple[np.ndarray, int]]:
         """(identities, places per batch) of the group and of the other identities."""
@@ -170,8 +185,9 @@ class PKSampler:
             raise ValueError(f"the group's share of a batch must be in [0, 1], got {share}")
         in_group = np.zeros(len(self.rows), bool)
         in_group[np.asarray(group if group is not None else [], np.int64)] = True
+        in_group = in_group[self.identities]
         places = round(share * self.p)
-        parts = [(np.flatnonzero(in_group), places), (np.flatnonzero(~in_group), self.p - places)]
+        parts = [(self.identities[in_group], places), (self.identities[~in_group], self.p - places)]
         for (identities, wanted), what in zip(parts, ("in the group", "outside the group"), strict=True):
             if wanted > len(identities):
                 raise ValueError(f"{wanted} of the {self.p} identities per batch should come from the "
@@ -180,34 +196,34 @@ class PKSampler:
 
     @property
     def batch_size(self) -> int:
-        return self.p * self.k
+        return self.p * self.k + self.n
 
     def _identity_order(self, pass_index: int) -> np.ndarray:
         if self._pass_order is None or self._pass_order[0] != pass_index:
-            order = np.random.default_rng([self.seed, pass_index]).permutation(len(self.rows))
+            order = np.random.default_rng([self.seed, pass_index]).permutation(self.identities)
             self._pass_order = (pass_index, order)
         return self._pass_order[1]
 
-    def _part_identities(self, part: int, step: int) -> np.ndarray:
-        """The identities a part of the batches gives to batch ``step``: its passes are shuffles
-        drawn from (seed, pass, part), cut into consecutive groups of its places."""
-        identities, places = self.parts[part]
+    def _drawn(self, key: tuple[int, ...], identities: np.ndarray, places: int, step: int) -> np.ndarray:
+        """The ``places`` identities that batch ``step`` takes from ``identities``: passes over them are
+        shuffles drawn from (seed, pass, *key), cut into consecutive groups of ``places``."""
         pass_index, position = divmod(step, len(identities) // places)
-        cached = self._part_orders.get(part)
+        cached = self._orders.get(key)
         if cached is None or cached[0] != pass_index:
-            cached = (pass_index, np.random.default_rng([self.seed, pass_index, part, 3]).permutation(identities))
-            self._part_orders[part] = cached
+            cached = (pass_index, np.random.default_rng([self.seed, pass_index, *key]).permutation(identities))
+            self._orders[key] = cached
         return cached[1][position * places:(position + 1) * places]
 
     def batch(self, step: int) -> np.ndarray:
-        """(P * K,) int64 row indices, grouped by identity: K rows of one, then K of the next."""
+        """(P * K + N,) int64 row indices, grouped by identity: K rows of one, then K of the next, then
+        one row of each of the N negatives."""
         if self.parts is None:
             pass_index, position = divmod(step, self.batches_per_pass)
             identities = self._identity_order(pass_index)[position * self.p:(position + 1) * self.p]
             rng = np.random.default_rng([self.seed, pass_index, position, 1])
         else:
             rng = np.random.default_rng([self.seed, step, 2])
-            identities = rng.permutation(np.concatenate([self._part_identities(part, step)
+            identities = rng.permutation(np.concatenate([self._drawn((part, 3), *self.parts[part], step)
                                                          for part in range(len(self.parts))]))
         picks = []
         for identity in identities:
@@ -217,16 +233,23 @@ class PKSampler:
             else:
                 picks.append(np.concatenate([rng.permutation(rows),
                                              rng.choice(rows, self.k - len(rows), replace=True)]))
+        if self.n:
+            negative_rng = np.random.default_rng([self.seed, step, 5])
+            picks.append(np.array([negative_rng.choice(self.rows[negative])
+                                   for negative in self._drawn((4,), self.negatives, self.n, step)]))
         return np.concatenate(picks).astype(np.int64)
 
 
-def replica_slice(batch: np.ndarray, k: int, replica: int, num_replicas: int) -> np.ndarray:
-    """The share of a global P x K batch that one replica mines in: P / num_replicas whole identities."""
-    p = len(batch) // k
-    if p % num_replicas:
-        raise ValueError(f"{p} identities per batch do not split evenly over {num_replicas} replicas")
-    share = p // num_replicas * k
-    return batch[replica * share:(replica + 1) * share]
+def replica_slice(batch: np.ndarray, k: int, replica: int, num_replicas: int, negatives: int = 0) -> np.ndarray:
+    """The share of a global P x K (+ N negatives) batch that one replica mines in: P / num_replicas
+    whole identities, then N / num_replicas of the negatives."""
+    people, extra = batch[:len(batch) - negatives], batch[len(batch) - negatives:]
+    p = len(people) // k
+    if p % num_replicas or negatives % num_replicas:
+        raise ValueError(f"{p} identities and {negatives} negatives per batch do not split evenly over "
+                         f"{num_replicas} replicas")
+    share, n = p // num_replicas * k, negatives // num_replicas
+    return np.concatenate([people[replica * share:(replica + 1) * share], extra[replica * n:(replica + 1) * n]])
 
 
 def _affine_transforms(seed: tf.Tensor, n: tf.Tensor, size: int, aug: Augmentation) -> tf.Tensor:
@@ -345,15 +368,16 @@ def training_dataset(faces: TrainingFaces, sampler: PKSampler, start_step: int =
         raise ValueError(f"{replicas} replicas do not split evenly over {pipelines} input pipelines")
     local = replicas // pipelines
     share = sampler.batch_size // replicas
-    if sampler.p % replicas:
-        raise ValueError(f"{sampler.p} identities per batch do not split evenly over {replicas} replicas")
+    if sampler.p % replicas or sampler.n % replicas:
+        raise ValueError(f"{sampler.p} identities and {sampler.n} negatives per batch do not split evenly over "
+                         f"{replicas} replicas")
 
     def index_batches() -> Iterator[tuple[int, int, np.ndarray]]:
         step = start_step
         while True:
             batch = sampler.batch(step)
             for r in range(pipeline * local, (pipeline + 1) * local):
-                yield step, r, replica_slice(batch, sampler.k, r, replicas)
+                yield step, r, replica_slice(batch, sampler.k, r, replicas, sampler.n)
             step += 1
 
     gather_faces = _face_gatherer(faces.faces, share)

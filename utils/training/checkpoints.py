@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 # A setting a checkpoint predates counts as its default (what that run used).
 RESUME_KEYS = ("model", "data", "min_images", "image_size", "identities_per_batch", "images_per_identity",
                "steps_per_epoch", "seed", "loss", "mining", "margin", "soft_margin", "scale", "class_margin",
-               "lr", "lr_schedule", "mixed_precision", "augmentation", "lfw_share", "weight_decay")
+               "lr", "lr_schedule", "mixed_precision", "augmentation", "lfw_share", "weight_decay",
+               "one_photo_negatives")
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 CLASS_WEIGHTS = "class_weights.npy"
 

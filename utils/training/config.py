@@ -43,20 +43,25 @@ class TrainConfig:
     lfw_share: float | None = None  # the share of each batch's identities drawn from LFW; None: no rule
     weight_decay: float = 0.0       # decoupled (AdamW) weight decay; 0: plain Adam
     min_images: int = 2
+    one_photo_negatives: int = 0    # triplet: one face each of this many people below min_images per batch
     exclude_people: list[str] = field(default_factory=list)
     collapse_patience: int = 50
     resume: bool = False
 
     def __post_init__(self) -> None:
-        """Margin-softmax losses get the published scale and margin unless given; triplet has none."""
+        """Margin-softmax losses get the published scale and margin unless given; triplet has none.
+        One-photo negatives are for the triplet loss only."""
         if self.loss in PUBLISHED_SCALE_AND_MARGIN:
             scale, margin = PUBLISHED_SCALE_AND_MARGIN[self.loss]
             self.scale = scale if self.scale is None else self.scale
             self.class_margin = margin if self.class_margin is None else self.class_margin
+        if self.one_photo_negatives and self.loss != "triplet":
+            raise ValueError(f"one-photo negatives need the triplet loss, not {self.loss}: a softmax loss "
+                             "has no use for a face without a class of its own")
 
     @property
     def batch_size(self) -> int:
-        return self.identities_per_batch * self.images_per_identity
+        return self.identities_per_batch * self.images_per_identity + self.one_photo_negatives
 
     @property
     def total_steps(self) -> int:

@@ -302,8 +302,10 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
         metadata(training_record(config, state, faces, int(model.output_shape[-1])))
     if config.lfw_share is not None and lfw_labels is None:
         raise TrainingError("lfw_share needs the labels of the LFW identities")
+    negatives = faces.identities_with_fewer_than(config.min_images) if config.one_photo_negatives else None
     sampler = PKSampler(faces.labels, config.identities_per_batch, config.images_per_identity, config.seed,
-                        group=lfw_labels, group_share=config.lfw_share)
+                        group=lfw_labels, group_share=config.lfw_share, negatives=negatives,
+                        negatives_per_batch=config.one_photo_negatives)
     iterator = iter(strategy.distribute_datasets_from_function(
         lambda context: training_dataset(faces, sampler, state.step, config.augmentation, context)))
     train_step = make_train_step(model, optimizer, strategy, config, class_cosines)
@@ -319,6 +321,9 @@ def fit(config: TrainConfig, faces: TrainingFaces, build_model: Callable[[], ker
         settings.append(f"weight decay {config.weight_decay}")
     if config.lfw_share is not None:
         settings.append(f"LFW share {config.lfw_share}")
+    if negatives is not None:
+        settings.append(f"plus one face each of {config.one_photo_negatives} of the {len(negatives)} people with "
+                        f"fewer than {config.min_images} faces as negatives")
     log(f"training {config.model} on {len(faces)} faces of {faces.num_identities} identities: "
         f"{', '.join(settings)}, {strategy.num_replicas_in_sync} replica(s), "
         f"steps {state.step} -> {config.total_steps}")
@@ -451,8 +456,9 @@ def run(config: TrainConfig, validation: bool = True, build_model: Callable[[], 
 def train_and_report(config: TrainConfig, validation: bool, build_model: Callable[[], keras.Model] | None,
                      log: Callable[[str], None], strategy: tf.distribute.Strategy) -> int:
     """``run`` after the run folder is locked."""
+    pooled_min_images = 1 if config.one_photo_negatives else config.min_images  # the rest are negatives
     faces, loaded = load_training_data(config.data, config.image_size, config.exclude_people,
-                                       config.min_images, log)
+                                       pooled_min_images, log)
     evaluate = validation_evaluator(loaded, config.image_size, log) if validation else None
     lfw = lfw_labels(faces, loaded) if config.lfw_share is not None else None
     if build_model is None:

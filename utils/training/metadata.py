@@ -49,6 +49,7 @@ def training_record(config: TrainConfig, state: TrainState, faces: TrainingFaces
                     embedding_size: int) -> dict[str, Any]:
     """The metadata of the weights in ``config.weights_out`` (the row ``state.best``) and of the run."""
     best = state.best or {}
+    negative_only = len(faces.identities_with_fewer_than(config.min_images))
     return {
         "architecture": config.model, "input_size": config.image_size, "embedding_size": embedding_size,
         "training": {
@@ -63,13 +64,15 @@ def training_record(config: TrainConfig, state: TrainState, faces: TrainingFaces
             "final_validation": state.history[-1] if state.history else None,
             "hardware": hardware_description(), "data": [portable_path(d) for d in config.data],
             "excluded_people_files": [portable_path(f) for f in config.exclude_people],
-            "identities": faces.num_identities, "images": len(faces),
+            "identities": faces.num_identities - negative_only, "negative_only_identities": negative_only,
+            "images": len(faces),
             **loss_settings(config), "lr": config.lr, "lr_schedule": config.lr_schedule,
             "optimizer": "adamw" if config.weight_decay else "adam", "weight_decay": config.weight_decay,
             "identities_per_batch": config.identities_per_batch,
             "images_per_identity": config.images_per_identity, "seed": config.seed,
             "strategy": config.strategy, "mixed_precision": config.mixed_precision,
             "augmentation": config.augmentation, "lfw_share": config.lfw_share,
+            "one_photo_negatives": config.one_photo_negatives,
         },
     }
 
