@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish is None and args.model is None:
         parser.error("the following arguments are required: --model (or --publish RUN_DIR)")
     check_loss_options(parser, args)
+    if args.one_photo_negatives and args.min_images < 2:
+        parser.error("--one-photo-negatives: the people with fewer than --min-images faces are the negatives, "
+                     "so --min-images must be 2 or more")
     try:
         return publish(args.publish) if args.publish is not None else train(args)
     except KeyboardInterrupt:  # the training steps catch both signals themselves and checkpoint

@@ -77,6 +77,14 @@ def test_one_photo_negatives_join_every_batch_as_negatives_and_must_match_on_res
                     loss="cosface", one_photo_negatives=4)
 
 
+def test_cli_refuses_one_photo_negatives_when_no_one_is_below_min_images(capsys):
+    import train
+
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--model", "ang", "--one-photo-negatives", "8", "--min-images", "1"])
+    assert exit_.value.code == 2 and "--min-images must be 2 or more" in capsys.readouterr().err
+
+
 def test_run_pools_the_one_photo_people_only_when_they_serve_as_negatives(tmp_path, monkeypatch):
     import utils.training.loop
 
