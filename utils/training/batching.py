@@ -175,7 +175,6 @@ class PKSampler:
                              "to draw them from")
         self.p, self.k, self.n, self.seed = identities_per_batch, images_per_identity, negatives_per_batch, seed
         self.batches_per_pass = len(self.identities) // self.p  # without a group
-        self._pass_order: tuple[int, np.ndarray] | None = None
         self.parts = None if group_share is None else self._parts(group, group_share)
         self._orders: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}
 
@@ -198,12 +197,6 @@ class PKSampler:
     def batch_size(self) -> int:
         return self.p * self.k + self.n
 
-    def _identity_order(self, pass_index: int) -> np.ndarray:
-        if self._pass_order is None or self._pass_order[0] != pass_index:
-            order = np.random.default_rng([self.seed, pass_index]).permutation(self.identities)
-            self._pass_order = (pass_index, order)
-        return self._pass_order[1]
-
     def _drawn(self, key: tuple[int, ...], identities: np.ndarray, places: int, step: int) -> np.ndarray:
         """The ``places`` identities that batch ``step`` takes from ``identities``: passes over them are
         shuffles drawn from (seed, pass, *key), cut into consecutive groups of ``places``."""
@@ -219,7 +212,7 @@ class PKSampler:
         one row of each of the N negatives."""
         if self.parts is None:
             pass_index, position = divmod(step, self.batches_per_pass)
-            identities = self._identity_order(pass_index)[position * self.p:(position + 1) * self.p]
+            identities = self._drawn((), self.identities, self.p, step)
             rng = np.random.default_rng([self.seed, pass_index, position, 1])
         else:
             rng = np.random.default_rng([self.seed, step, 2])
@@ -240,15 +233,20 @@ class PKSampler:
         return np.concatenate(picks).astype(np.int64)
 
 
+def replica_shares(p: int, k: int, negatives: int, num_replicas: int) -> tuple[int, int]:
+    """(rows of identities, negatives) of one replica's share of a P x K (+ N negatives) batch;
+    ValueError when P or N does not split evenly over the replicas."""
+    if p % num_replicas or negatives % num_replicas:
+        raise ValueError(f"{p} identities and {negatives} negatives per batch do not split evenly over "
+                         f"{num_replicas} replicas")
+    return p // num_replicas * k, negatives // num_replicas
+
+
 def replica_slice(batch: np.ndarray, k: int, replica: int, num_replicas: int, negatives: int = 0) -> np.ndarray:
     """The share of a global P x K (+ N negatives) batch that one replica mines in: P / num_replicas
     whole identities, then N / num_replicas of the negatives."""
     people, extra = batch[:len(batch) - negatives], batch[len(batch) - negatives:]
-    p = len(people) // k
-    if p % num_replicas or negatives % num_replicas:
-        raise ValueError(f"{p} identities and {negatives} negatives per batch do not split evenly over "
-                         f"{num_replicas} replicas")
-    share, n = p // num_replicas * k, negatives // num_replicas
+    share, n = replica_shares(len(people) // k, k, negatives, num_replicas)
     return np.concatenate([people[replica * share:(replica + 1) * share], extra[replica * n:(replica + 1) * n]])
 
 
@@ -367,10 +365,7 @@ def training_dataset(faces: TrainingFaces, sampler: PKSampler, start_step: int =
     if replicas % pipelines:
         raise ValueError(f"{replicas} replicas do not split evenly over {pipelines} input pipelines")
     local = replicas // pipelines
-    share = sampler.batch_size // replicas
-    if sampler.p % replicas or sampler.n % replicas:
-        raise ValueError(f"{sampler.p} identities and {sampler.n} negatives per batch do not split evenly over "
-                         f"{replicas} replicas")
+    share = sum(replica_shares(sampler.p, sampler.k, sampler.n, replicas))  # rows each replica gets
 
     def index_batches() -> Iterator[tuple[int, int, np.ndarray]]:
         step = start_step
